@@ -1,0 +1,163 @@
+"""Audio decoding, resampling and validation: one file in, one clear answer out.
+
+Decoding uses ``soundfile`` (libsndfile: wav, flac, ogg/vorbis, opus, mp3, aiff, ...), which
+needs no system packages; resampling uses ``torchaudio.functional``'s windowed-sinc
+resampler. Every failure is an :class:`AudioError` carrying the file and a human-readable
+reason, so callers can quarantine the file and carry on with the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 24_000
+"""MERT-v1's input rate (Hz)."""
+
+DECODABLE = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64"}
+"""Extensions libsndfile decodes."""
+
+AUDIO_LIKE = DECODABLE | {".m4a", ".aac", ".wma", ".mp4", ".ape", ".alac", ".webm", ".mka", ".mid", ".midi"}
+"""Extensions that look like audio: found by the scanner so the undecodable ones are reported, not ignored."""
+
+
+class AudioError(Exception):
+    """A file that cannot be used as audio. ``reason`` is short and human readable."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the container says about a file, before decoding."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def info(path: str | os.PathLike) -> AudioInfo:
+    """Read a file's header. Raises :class:`AudioError` for missing, empty, unreadable or non-audio files."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in DECODABLE:
+        raise AudioError(path, f"unsupported format '{ext}' (decodable: {', '.join(sorted(DECODABLE))})")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise AudioError(path, f"cannot stat: {e.strerror or e}") from e
+    if size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    try:
+        with open(path, "rb"):
+            pass
+        i = sf.info(str(path))
+    except PermissionError as e:
+        raise AudioError(path, f"permission denied: {e.strerror or e}") from e
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise AudioError(path, f"not decodable as audio ({_short(e)})") from e
+    if i.samplerate <= 0 or i.channels <= 0:
+        raise AudioError(path, f"invalid header (rate={i.samplerate}, channels={i.channels})")
+    return AudioInfo(int(i.samplerate), int(i.channels), int(i.frames), str(i.format))
+
+
+def decode(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, AudioInfo]:
+    """Decode a whole file to float32.
+
+    Args:
+        path: audio file.
+        max_seconds: reject files longer than this (checked on the header, before decoding).
+
+    Returns:
+        ``(audio, info)`` with ``audio`` of shape ``(channels, frames)``, float32 in [-1, 1]
+        for integer formats.
+    """
+    meta = info(path)
+    if max_seconds is not None and meta.duration > max_seconds:
+        raise AudioError(path, f"too long: {meta.duration:.0f} s > max {max_seconds:.0f} s")
+    try:
+        data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise AudioError(path, f"corrupt or truncated audio data ({_short(e)})") from e
+    # (frames, C)
+    if meta.frames > 0 and data.shape[0] < meta.frames:
+        raise AudioError(path, f"truncated: header says {meta.frames} frames, decoded {data.shape[0]}")
+    if data.shape[0] == 0:
+        raise AudioError(path, "no audio frames")
+    return np.ascontiguousarray(data.T), meta  # (C, frames)
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """Average channels: ``(C, N) -> (N,)``."""
+    return audio.mean(axis=0, dtype=np.float32) if audio.shape[0] > 1 else audio[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _resampler(orig_sr: int, new_sr: int):
+    import torchaudio.transforms as T
+
+    return T.Resample(orig_sr, new_sr)  # caches the sinc kernel per rate pair
+
+
+def resample(audio: np.ndarray, orig_sr: int, new_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample float32 audio along the last axis with torchaudio's windowed-sinc resampler."""
+    if orig_sr == new_sr:
+        return audio
+    import torch
+
+    with torch.no_grad():
+        out = _resampler(int(orig_sr), int(new_sr))(torch.from_numpy(np.ascontiguousarray(audio)))
+    return out.numpy()
+
+
+def check_signal(path: str | os.PathLike, audio: np.ndarray, silence_dbfs: float = -60.0) -> None:
+    """Reject non-finite or silent audio. ``audio`` is any float array."""
+    finite = np.isfinite(audio)
+    if not finite.all():
+        raise AudioError(path, f"contains {int((~finite).sum())} NaN/inf samples")
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak <= 10 ** (silence_dbfs / 20):
+        level = "digital silence" if peak == 0 else f"peak {20 * np.log10(peak):.1f} dBFS"
+        raise AudioError(path, f"silent ({level} <= {silence_dbfs:.0f} dBFS)")
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    max_seconds: float | None = None,
+    silence_dbfs: float | None = None,
+) -> np.ndarray:
+    """Decode, validate, downmix and resample one file: the single call every stage uses.
+
+    Args:
+        path: audio file in any decodable format, rate and channel count.
+        sample_rate: output rate (24 kHz for MERT-v1).
+        max_seconds: reject longer files before decoding.
+        silence_dbfs: if set, reject files whose peak is at or below this level.
+
+    Returns:
+        float32 mono audio of shape ``(samples,)`` at ``sample_rate``.
+    """
+    audio, meta = decode(path, max_seconds)
+    check_signal(path, audio, silence_dbfs if silence_dbfs is not None else -np.inf)
+    mono = to_mono(audio)
+    out = resample(mono, meta.sample_rate, sample_rate)
+    return np.clip(out, -1.0, 1.0, out=out) if out.dtype == np.float32 else out.astype(np.float32)
+
+
+def _short(e: BaseException, limit: int = 160) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return msg[:limit]

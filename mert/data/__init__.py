@@ -1,0 +1,1 @@
+"""The data layer: demo corpus synthesis, ingestion, and the sharded corpus format."""
