@@ -68,7 +68,10 @@ def info(path: str | os.PathLike) -> AudioInfo:
     except PermissionError as e:
         raise AudioError(path, f"permission denied: {e.strerror or e}") from e
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise AudioError(path, f"not decodable as audio ({_short(e)})") from e
+        msg = _short(e)
+        if "not a regular file" in msg or "Format not recognised" in msg or "unknown format" in msg.lower():
+            msg = "unrecognised or corrupt header"
+        raise AudioError(path, f"not decodable as audio ({msg})") from e
     if i.samplerate <= 0 or i.channels <= 0:
         raise AudioError(path, f"invalid header (rate={i.samplerate}, channels={i.channels})")
     return AudioInfo(int(i.samplerate), int(i.channels), int(i.frames), str(i.format))
@@ -97,7 +100,42 @@ def decode(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[n
         raise AudioError(path, f"truncated: header says {meta.frames} frames, decoded {data.shape[0]}")
     if data.shape[0] == 0:
         raise AudioError(path, "no audio frames")
+    if why := container_truncation(path, meta):
+        raise AudioError(path, why)
     return np.ascontiguousarray(data.T), meta  # (C, frames)
+
+
+def container_truncation(path: str | os.PathLike, meta: AudioInfo) -> str | None:
+    """Detect truncation that libsndfile papers over.
+
+    libsndfile silently shortens a WAV whose ``data`` chunk runs past the end of the file, and
+    an Ogg stream cut mid-way decodes without error. We compare the declared WAV data size with
+    the bytes present, and require an Ogg stream's last page to carry the end-of-stream flag.
+
+    Returns:
+        A reason string if the file is truncated, else ``None``.
+    """
+    ext = Path(path).suffix.lower()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if ext == ".wav" and meta.format == "WAV":
+            head = f.read(1 << 16)
+            pos = 12
+            while pos + 8 <= len(head):
+                cid, n = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+                if cid == b"data":
+                    have = size - (pos + 8)
+                    if 0 < n < 0xFFFFFFFF and have < n:  # 0 / 0xFFFFFFFF: streamed, length unknown
+                        return f"truncated: WAV data chunk declares {n} bytes, file holds {have}"
+                    return None
+                pos += 8 + n + (n & 1)
+        elif ext in (".ogg", ".oga", ".opus"):
+            f.seek(max(0, size - (1 << 16)))
+            tail = f.read()
+            last = tail.rfind(b"OggS")
+            if last < 0 or last + 5 >= len(tail) or not tail[last + 5] & 0x04:
+                return "truncated: Ogg stream has no end-of-stream page"
+    return None
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ def demo_corpus(out: str | Path, params: DemoParams | None = None) -> Path:
     return generate(out, params)
 
 
-def ingest_corpus(src: str | Path, out: str | Path, params: IngestParams | None = None, progress: bool = True) -> IngestSummary:
+def ingest_corpus(
+    src: str | Path, out: str | Path, params: IngestParams | None = None, progress: bool = True
+) -> IngestSummary:
     """Ingest ``src`` (a directory tree of audio) into the sharded corpus ``out``."""
     return ingest(src, out, params, progress=progress)
