@@ -1,0 +1,377 @@
+"""The MERT encoder in plain PyTorch, state-dict compatible with the released HF checkpoints.
+
+MERT (Li et al. 2023, arXiv:2306.00107) reuses the HuBERT encoder (Hsu et al. 2021, arXiv:2106.07447), itself
+the wav2vec 2.0 architecture (Baevski et al. 2020, arXiv:2006.11477): a 7-layer conv feature extractor (total
+stride 320, GroupNorm over the whole clip on layer 0), a LayerNorm + linear feature projection, a grouped
+positional conv with weight norm, and a transformer in either the post-LN (MERT-v1-95M) or the pre-LN
+(MERT-v1-330M) layout. Module and parameter names mirror ``transformers.HubertModel`` exactly, so
+``state_dict()`` keys are the keys of the released ``pytorch_model.bin``.
+
+Differences from the HF code that do not change the maths: q/k/v are fused into one matmul at compute time
+(stored separately), attention runs through ``F.scaled_dot_product_attention`` (all its backends reduce the
+softmax in fp32 for fp16/bf16 inputs), the weight norm is computed explicitly from plain ``weight_g``/``weight_v``
+parameters (stable keys across torch versions), and the stride-2 convs run as one GEMM over time-major frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mert.model.config import MERTConfig
+
+NORM_EPS = 1e-7
+"""Epsilon of the per-clip input normalisation (``Wav2Vec2FeatureExtractor``)."""
+
+
+@dataclass
+class MERTOutput:
+    """What :class:`MERT` returns.
+
+    Attributes:
+        last_hidden_state: (B, T, D) final encoder output (after the final LayerNorm in the pre-LN layout).
+        hidden_states: ``num_hidden_layers + 1`` tensors (B, T, D) with the released semantics (post-LN: the
+            normalised input then each layer's output; pre-LN: the un-normalised input and residual stream, the
+            last entry normalised, equal to ``last_hidden_state``), or None unless requested.
+        features: (B, T, C) conv features before the feature projection (after the gradient scaling), for
+            the ``mean(features**2)`` penalty.
+    """
+
+    last_hidden_state: Tensor
+    hidden_states: tuple[Tensor, ...] | None
+    features: Tensor
+
+
+class GradMultiply(torch.autograd.Function):
+    """Identity forward, gradient scaled by ``scale`` backward (fairseq's ``GradMultiply``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def normalize_waveform(wav: Tensor) -> Tensor:
+    """Per-clip ``(x - mean) / sqrt(var + 1e-7)`` (population variance), as ``Wav2Vec2FeatureExtractor``.
+
+    Args:
+        wav: (B, L) audio.
+
+    Returns:
+        (B, L) normalised audio.
+    """
+    mean = wav.mean(dim=-1, keepdim=True)
+    var = wav.var(dim=-1, keepdim=True, correction=0)
+    return (wav - mean) / torch.sqrt(var + NORM_EPS)
+
+
+# ---------------------------------------------------------------------------------------------- front end
+class ConvLayer(nn.Module):
+    """Conv1d -> [GroupNorm(C groups), layer 0 only] -> GELU. Holds ``conv`` and optional ``layer_norm``."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, bias: bool, group_norm: bool):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, bias=bias)
+        self.layer_norm = nn.GroupNorm(c_out, c_out, affine=True) if group_norm else None
+
+    def forward_channels_first(self, x: Tensor) -> Tensor:
+        """(B, C_in, L) -> (B, C_out, T)."""
+        x = self.conv(x)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return F.gelu(x)
+
+    def forward_time_major(self, x: Tensor) -> Tensor:
+        """Same maths on time-major input as a single GEMM over strided frames: (B, L, C_in) -> (B, T, C_out).
+
+        With stride s and kernel k, frame t reads rows ``t*s .. t*s+k-1`` of x, i.e. a contiguous window of
+        ``k * C_in`` values, so the conv is ``unfold(x) @ W`` with W reordered to (k * C_in, C_out).
+        """
+        b, length, c_in = x.shape
+        t = (length - self.kernel) // self.stride + 1
+        x = x.contiguous()
+        frames = x.as_strided((b, t, self.kernel * c_in), (length * c_in, self.stride * c_in, 1))  # (B, T, k*C_in)
+        w = self.conv.weight.permute(0, 2, 1).reshape(self.conv.out_channels, -1)  # (C_out, k*C_in)
+        return F.gelu(F.linear(frames, w, self.conv.bias))  # (B, T, C_out)
+
+
+class FeatureExtractor(nn.Module):
+    """The 7-layer conv stack: (B, L) waveform -> (B, T, C) features (``feature_extractor.conv_layers.*``)."""
+
+    def __init__(self, cfg: MERTConfig):
+        super().__init__()
+        dims = (1, *cfg.conv_dim)
+        self.conv_layers = nn.ModuleList(
+            ConvLayer(dims[i], dims[i + 1], k, s, cfg.conv_bias, group_norm=i == 0)
+            for i, (k, s) in enumerate(zip(cfg.conv_kernel, cfg.conv_stride))
+        )
+
+    def forward(self, wav: Tensor) -> Tensor:
+        """(B, L) -> (B, T, C). Layer 0 (GroupNorm over time) runs channels-first, the rest time-major."""
+        x = self.conv_layers[0].forward_channels_first(wav[:, None])  # (B, C, T0)
+        x = x.transpose(1, 2)  # (B, T0, C)
+        for layer in self.conv_layers[1:]:
+            x = layer.forward_time_major(x)
+        return x
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm(C) -> Linear(C, D) -> dropout (``feature_projection.*``)."""
+
+    def __init__(self, cfg: MERTConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
+        self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
+        self.dropout = nn.Dropout(cfg.feat_proj_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, C) -> (B, T, D)."""
+        return self.dropout(self.projection(self.layer_norm(x)))
+
+
+# ---------------------------------------------------------------------------------------------- encoder
+class WeightNormConv1d(nn.Module):
+    """Grouped Conv1d whose weight is ``g * v / ||v||`` (norm over all dims but the kernel axis, dim=2).
+
+    The parameters are plain ``weight_g`` (1, 1, K) and ``weight_v`` (D, D/G, K), the released key names,
+    instead of a ``torch.nn.utils`` parametrization whose key names changed across torch versions.
+    """
+
+    def __init__(self, channels: int, kernel: int, groups: int):
+        super().__init__()
+        self.padding, self.groups = kernel // 2, groups
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.weight_g = nn.Parameter(torch.ones(1, 1, kernel))
+        self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel))
+
+    @property
+    def weight(self) -> Tensor:
+        """(D, D/G, K) effective weight."""
+        return self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, D, T) -> (B, D, T + 1 - K % 2)."""
+        return F.conv1d(x, self.weight, self.bias, padding=self.padding, groups=self.groups)
+
+
+class PositionalConvEmbedding(nn.Module):
+    """Grouped weight-normed conv, drop the last frame for even K ("same" padding), GELU."""
+
+    def __init__(self, cfg: MERTConfig):
+        super().__init__()
+        k = cfg.num_conv_pos_embeddings
+        self.conv = WeightNormConv1d(cfg.hidden_size, k, cfg.num_conv_pos_embedding_groups)
+        self.num_pad_remove = 1 if k % 2 == 0 else 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        y = self.conv(x.transpose(1, 2))  # (B, D, T + 1)
+        y = y[:, :, : y.shape[-1] - self.num_pad_remove]  # (B, D, T)
+        return F.gelu(y).transpose(1, 2)  # (B, T, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with separate stored q/k/v/out projections, fused at compute time."""
+
+    def __init__(self, cfg: MERTConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.num_heads, self.head_dim, self.dropout = cfg.num_attention_heads, cfg.head_dim, cfg.attention_dropout
+        self.k_proj, self.v_proj, self.q_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, D). The softmax scale is ``head_dim**-0.5`` (SDPA's default)."""
+        b, t, d = x.shape
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3D, D)
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])  # (3D,)
+        qkv = F.linear(x, w, bias).view(b, t, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hd)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        return self.out_proj(y)
+
+
+class FeedForward(nn.Module):
+    """Linear(D, F) -> exact GELU -> dropout -> Linear(F, D) -> dropout (``feed_forward.*``)."""
+
+    def __init__(self, cfg: MERTConfig):
+        super().__init__()
+        self.intermediate_dropout = nn.Dropout(cfg.activation_dropout)
+        self.intermediate_dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.output_dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.output_dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        x = self.intermediate_dropout(F.gelu(self.intermediate_dense(x)))
+        return self.output_dropout(self.output_dense(x))
+
+
+class EncoderLayer(nn.Module):
+    """One transformer layer, post-LN ``LN(x*a + f(x))`` (a = DeepNorm alpha or 1) or pre-LN ``x + f(LN(x))``."""
+
+    def __init__(self, cfg: MERTConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.feed_forward = FeedForward(cfg)
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.pre_ln = cfg.do_stable_layer_norm
+        self.alpha = (2.0 * cfg.num_hidden_layers) ** 0.25 if cfg.deepnorm else 1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        if self.pre_ln:
+            x = x + self.dropout(self.attention(self.layer_norm(x)))
+            return x + self.feed_forward(self.final_layer_norm(x))
+        res = x * self.alpha if self.alpha != 1.0 else x
+        x = self.layer_norm(res + self.dropout(self.attention(x)))
+        res = x * self.alpha if self.alpha != 1.0 else x
+        return self.final_layer_norm(res + self.feed_forward(x))
+
+
+class Encoder(nn.Module):
+    """Positional conv + transformer layers (``encoder.*``), in the layout ``cfg.do_stable_layer_norm`` picks."""
+
+    def __init__(self, cfg: MERTConfig):
+        super().__init__()
+        self.pos_conv_embed = PositionalConvEmbedding(cfg)
+        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.pre_ln, self.layerdrop = cfg.do_stable_layer_norm, cfg.layerdrop
+
+    def forward(self, x: Tensor, output_hidden_states: bool = False) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """(B, T, D) -> ((B, T, D) last state, hidden states or None). See :class:`MERTOutput`."""
+        x = x + self.pos_conv_embed(x)
+        if not self.pre_ln:
+            x = self.layer_norm(x)
+        x = self.dropout(x)
+        states = [x] if output_hidden_states else None
+        for layer in self.layers:
+            if not (self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop):
+                x = layer(x)
+            if states is not None:
+                states.append(x)
+        if self.pre_ln:
+            x = self.layer_norm(x)
+            if states is not None:
+                states[-1] = x
+        return x, tuple(states) if states is not None else None
+
+
+# ---------------------------------------------------------------------------------------------- model
+class MERT(nn.Module):
+    """The MERT encoder (what the released checkpoints hold). Pretraining heads wrap it elsewhere.
+
+    Example:
+        >>> model = MERT(MERTConfig.from_name("mert-tiny")).eval()
+        >>> out = model(torch.randn(2, 24000), output_hidden_states=True)
+        >>> len(out.hidden_states), out.last_hidden_state.shape
+        (3, torch.Size([2, 74, 32]))
+    """
+
+    def __init__(self, config: MERTConfig):
+        super().__init__()
+        self.config = config
+        self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size))
+        self.feature_extractor = FeatureExtractor(config)
+        self.feature_projection = FeatureProjection(config)
+        self.encoder = Encoder(config)
+        self.reset_parameters()
+
+    def forward(self, wav: Tensor, mask: Tensor | None = None, output_hidden_states: bool = False) -> MERTOutput:
+        """Encode a batch of equal-length clips.
+
+        Args:
+            wav: (B, L) float audio at ``config.sample_rate``.
+            mask: optional (B, T) bool; True frames of the projected features are replaced by
+                ``masked_spec_embed`` before the positional conv. T must be ``config.num_frames(L)``.
+            output_hidden_states: also return every layer's output.
+
+        Returns:
+            :class:`MERTOutput` with tensors of T = ``config.num_frames(L)`` frames.
+        """
+        if wav.dim() != 2:
+            raise ValueError(f"wav must be (batch, samples), got shape {tuple(wav.shape)}")
+        if self.config.do_normalize:
+            wav = normalize_waveform(wav)
+        features = self._features(wav)  # (B, T, C)
+        x = self.feature_projection(features)  # (B, T, D)
+        if mask is not None:
+            if mask.shape != x.shape[:2]:
+                raise ValueError(f"mask shape {tuple(mask.shape)} != (batch, frames) {tuple(x.shape[:2])}")
+            x = torch.where(mask[..., None], self.masked_spec_embed.to(x.dtype), x)
+        last, states = self.encoder(x, output_hidden_states)
+        return MERTOutput(last_hidden_state=last, hidden_states=states, features=features)
+
+    def _features(self, wav: Tensor) -> Tensor:
+        """Conv features with fairseq's gradient handling: scaled by ``feature_grad_mult``, or frozen at 0."""
+        mult = self.config.feature_grad_mult
+        if mult <= 0:
+            with torch.no_grad():
+                return self.feature_extractor(wav)
+        features = self.feature_extractor(wav)
+        if mult != 1.0 and self.training and features.requires_grad:
+            features = GradMultiply.apply(features, mult)
+        return features
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters (``masked_spec_embed`` included)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """fairseq/HF initialisation (BERT normal(0.02) linears, Kaiming convs), plus DeepNorm's beta scaling."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv1d):
+                nn.init.kaiming_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        pos = self.encoder.pos_conv_embed.conv
+        k, d = pos.weight_v.shape[-1], self.config.hidden_size
+        nn.init.normal_(pos.weight_v, std=math.sqrt(4.0 / (k * d)))  # fairseq wav2vec2 TransformerEncoder
+        pos.weight_g.copy_(pos.weight_v.norm(dim=(0, 1), keepdim=True))  # so that w == v at init
+        nn.init.zeros_(pos.bias)
+        nn.init.uniform_(self.masked_spec_embed)
+        if self.config.deepnorm:
+            self._deepnorm_init()
+
+    def _deepnorm_init(self) -> None:
+        """Divide fc1/fc2/out_proj/v_proj parameters by beta^-1 = (8N)^(1/4) (MERT ``mert_model.py``)."""
+        scale = (8.0 * self.config.num_hidden_layers) ** 0.25
+        names = ("intermediate_dense", "output_dense", "out_proj", "v_proj")  # fc1, fc2, out_proj, v_proj
+        for name, p in self.encoder.layers.named_parameters():
+            if any(n in name for n in names):
+                p.div_(scale)
+
+    # ------------------------------------------------------------------ released HF layout (mert/model/hf.py)
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> MERT:
+        """Load a directory in the released ``m-a-p/MERT-v1-*`` layout; see :func:`mert.model.hf.from_pretrained`."""
+        from mert.model.hf import from_pretrained
+
+        return from_pretrained(path, **kwargs)
+
+    def save_pretrained(self, directory, **kwargs) -> None:
+        """Write the released layout; see :func:`mert.model.hf.save_pretrained`."""
+        from mert.model.hf import save_pretrained
+
+        save_pretrained(self, directory, **kwargs)
