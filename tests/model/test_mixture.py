@@ -35,9 +35,10 @@ def test_clip_is_never_mixed_with_itself():
         delta = res.wav - clean  # (B, L), exactly one segment per clip
         for b in range(B):
             added = delta[b][delta[b] != 0]
-            src_clip = ((added - 1) // L).long()
+            src_clip, src_t = ((added - 1) // L).long(), ((added - 1) % L).long()
             assert len(added) == int(res.length[b, 0]) and (src_clip != b).all()
-            assert torch.equal(added.diff(), torch.where(src_clip[1:] == src_clip[:-1], 1.0, added.diff()).double())
+            pool_pos = (src_clip - (src_clip > b).long()) * L + src_t  # position in the pool without clip b
+            assert (pool_pos.diff() == 1).all() and pool_pos[0] == res.src_start[b, 0]  # one contiguous segment
 
 
 def test_segment_counts_lengths_positions_in_range():
@@ -54,11 +55,11 @@ def test_segment_counts_lengths_positions_in_range():
 def test_probability_is_half_and_counts_uniform():
     g = torch.Generator().manual_seed(2)
     mixed, counts = [], []
-    for _ in range(300):
-        res = mix_in_batch(torch.zeros(8, 2000), 0.5, (100, 500), (1, 3), generator=g)
+    for _ in range(40):
+        res = mix_in_batch(torch.zeros(64, 300), 0.5, (50, 100), (1, 3), generator=g)
         mixed.append(res.mixed.float())
         counts.append(res.active.sum(1)[res.mixed])
-    assert abs(torch.cat(mixed).mean().item() - 0.5) < 0.03
+    assert abs(torch.cat(mixed).mean().item() - 0.5) < 0.025
     counts = torch.cat(counts)
     for k in (1, 2, 3):
         assert abs((counts == k).float().mean().item() - 1 / 3) < 0.04
