@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seconds", type=float, dest="max_seconds")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--metrics", type=Path, help="also write the summary JSON here (for `dvc metrics`)")
     add_params_arg(p)
     p.set_defaults(handler=_ingest)
 
@@ -52,6 +53,10 @@ def _ingest(args: argparse.Namespace) -> int:
     keys = ["workers", "sample_rate", "min_seconds", "max_seconds"]
     params = load_section("ingest", args.params, _overrides(args, keys))
     summary = ingest_corpus(args.src, args.out, params, progress=not args.no_progress)
+    if args.metrics:
+        from mert.utils.io import atomic_write_json
+
+        atomic_write_json(args.metrics, summary.as_dict())
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:

@@ -45,7 +45,10 @@ class IngestParams:
     shard_seconds: float = 600.0
     """Target shard size in seconds of audio (600 s = 57.6 MB at 24 kHz float32)."""
     workers: int = 0
-    """Decoding processes; 0 = one per CPU core. Does not change the output."""
+    """Decoding processes; 0 = auto (one per CPU core for inputs over ``parallel_min_mb``, else
+    in-process: starting a pool costs seconds). Does not change the output."""
+    parallel_min_mb: float = 256.0
+    """With ``workers: 0``, inputs smaller than this (MB of source files) are decoded in-process."""
 
     def __post_init__(self):
         if self.sample_rate <= 0 or self.shard_seconds <= 0 or self.min_seconds < 0:
@@ -237,7 +240,8 @@ def ingest(
         raise IngestError(f"output directory {out} must not be inside the input directory {src}")
     files = scan(src)
     clips = _prepare_out(out, p.sample_rate)
-    _check_space(out, int(sum(f.stat().st_size for f in files if f.is_file()) * 2))
+    src_bytes = sum(f.stat().st_size for f in files if f.is_file())
+    _check_space(out, int(src_bytes * 2))
 
     rels = [f.relative_to(src).as_posix() for f in files]
     present = set(rels)
@@ -250,7 +254,7 @@ def ingest(
     rejects: list[dict[str, str]] = []
 
     jobs = ((str(f), rel, known, p) for f, rel in zip(files, rels))
-    workers = p.workers or os.cpu_count() or 1
+    workers = p.workers or ((os.cpu_count() or 1) if src_bytes > p.parallel_min_mb * 1e6 else 1)
     bar = _progress(len(files), progress)
     for r in _ordered(_process, jobs, min(workers, max(1, len(files)))):
         if r.unchanged:
@@ -299,3 +303,18 @@ def _tick(bar, s: IngestSummary) -> None:
     if bar is not None:
         bar.update(1)
         bar.set_postfix(audio_h=f"{s.ingested_seconds / 3600:.2f}", rejected=sum(s.reasons.values()))
+
+
+@section("corpus")
+@dataclass
+class CorpusParams:
+    """Which corpus the pipeline uses (``params.yaml`` section ``corpus``).
+
+    Point ``source`` at any DVC-tracked directory of audio (``dvc add data/raw/mycorpus``) to train on
+    your own music instead of the demo; ``dvc.yaml`` reads both paths from here.
+    """
+
+    source: str = "data/demo/raw"
+    """Directory tree of raw audio to ingest."""
+    dir: str = "data/corpus"
+    """Where the ingested corpus is written."""

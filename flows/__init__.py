@@ -1,0 +1,1 @@
+"""Prefect flows: thin wrappers over ``mert.stages`` (orchestration only, no ML logic)."""

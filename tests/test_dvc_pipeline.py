@@ -1,0 +1,40 @@
+"""`dvc repro` runs the shipped dvc.yaml in a fresh git repo, and a second run does nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def test_dvc_repro_runs_the_stages_and_is_then_up_to_date(tmp_path: Path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    shutil.copytree(ROOT / "mert", repo / "mert", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["demo"].update(n_clips=3, max_seconds=6.0, task_clips=12, task_seconds=1.0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    _run(["git", "init", "-q"], repo)
+    _run(["dvc", "init", "-q"], repo)
+    _run(["dvc", "repro", "demo_corpus", "ingest"], repo)
+    summary = json.loads((repo / "metrics/ingest.json").read_text())
+    assert (summary["found"], summary["ingested"], summary["rejected"]) == (6, 3, 3)
+    assert (repo / "data/corpus/manifest.csv").exists() and (repo / "dvc.lock").exists()
+    again = _run(["dvc", "repro", "demo_corpus", "ingest"], repo)
+    assert "didn't change, skipping" in again
+    assert "ingest" in _run(["dvc", "metrics", "show"], repo)
