@@ -16,6 +16,8 @@ from mert.params import ParamsError
 
 COMMAND_MODULES = (
     "mert.data.commands",  # demo-corpus, ingest
+    "mert.teachers.commands",  # label
+    "mert.model.commands",  # extract
 )
 
 

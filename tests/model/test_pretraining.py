@@ -19,9 +19,9 @@ def batch(B: int = 2, seconds: float = 1.0, K: int = 8, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     L = int(seconds * SR)
     wav = torch.randn(B, L, generator=g) * 0.1
-    frames = L // 320 + 1  # codec frames: one more than the 74 encoder frames for 1 s (375 vs 374 for 5 s)
+    frames = -(-L // 320)  # EnCodec frames, ceil(L / 320): 375 for 5 s vs 374 encoder frames (75 vs 74 for 1 s)
     labels = torch.randint(0, C, (B, K, frames), generator=g)
-    cqt = torch.rand(B, 336, frames + 1, generator=g)  # nnAudio gives L // 320 + 1 frames
+    cqt = torch.rand(B, 336, L // 320 + 1, generator=g)  # nnAudio (center=True) gives L // 320 + 1 frames
     return wav, labels, cqt
 
 
@@ -149,3 +149,31 @@ def test_loss_falls_on_a_fixed_batch():
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.9 * first, losses
     assert sum(cqt_mse[-5:]) < 0.5 * sum(cqt_mse[:5]), cqt_mse
+
+
+def test_five_seconds_trims_375_codec_frames_to_374():
+    model = tiny().eval()
+    wav, labels, cqt = batch(B=1, seconds=5.0)
+    assert labels.shape[-1] == 375 and cqt.shape[-1] == 376
+    out = model(wav, labels, cqt, generator=torch.Generator().manual_seed(0))
+    assert out.mask.shape == (1, 374)
+
+
+def test_seeded_mixture_and_mask_are_reproducible():
+    model = tiny(mixture_len_range=(2400, 4800)).eval()
+    wav, labels, cqt = batch(B=4)
+    a = model(wav, labels, cqt, mix=True, generator=torch.Generator().manual_seed(5))
+    b = model(wav, labels, cqt, mix=True, generator=torch.Generator().manual_seed(5))
+    c = model(wav, labels, cqt, mix=True, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.mixed, b.mixed) and torch.equal(a.loss, b.loss)
+    assert not torch.equal(a.mask, c.mask)
+
+
+def test_bf16_autocast_step_is_finite():
+    model = tiny().train()
+    wav, labels, cqt = batch(B=2, seconds=0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(wav, labels, cqt, generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
