@@ -1,0 +1,1 @@
+"""Teachers: the targets MERT learns to predict."""

@@ -1,0 +1,149 @@
+"""The label store: one uint16 ``.npy`` per clip, keyed by audio content hash x teacher identity.
+
+Layout::
+
+    <labels_dir>/<teacher_key>/            teacher_key = <teacher name>-<identity hash[:12]>
+        teacher.json                       the teacher identity (name, config, weights hash, hash)
+        clips/<sha[:2]>/<sha>-<length>.npy     (n_codebooks, student_frames(length)) uint16
+        clips/<sha[:2]>/<sha>-<length>.json    {clip_id, sha256, length, sample_rate, frames, n_codebooks, teacher}
+        label_rejects.csv                  clips the last run could not label (per range when sharded)
+
+``sha`` is the clip's source-file SHA-256 from the manifest and ``length`` its sample count at
+the corpus rate, so the cache key is (audio content, teacher identity): identical audio is
+labelled once, and a changed file or teacher gets new labels. The ``.npy`` is written first and
+its ``.json`` record last (both atomically): a clip is labelled iff its record exists, so a killed
+run leaves no half-labelled clip and the next run resumes with the clips that have no record.
+
+:meth:`LabelStore.load` checks the record against the clip (hash, length, rate, teacher) and the
+array against the record (dtype, shape, frame count) and raises :class:`LabelError` on any
+mismatch: mismatched labels are never returned.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mert.data.shards import Clip
+from mert.teachers.base import crop_slice, student_frames
+from mert.utils.io import atomic_save_npy, atomic_write_json
+
+TEACHER_FILE = "teacher.json"
+CLIP_DIR = "clips"
+
+
+class LabelError(RuntimeError):
+    """Labels are missing for a clip or do not match it."""
+
+
+class LabelStore:
+    """Read/write access to one teacher's labels.
+
+    Args:
+        root: ``<labels_dir>/<teacher_key>`` (see :meth:`create` and :meth:`open`).
+
+    Example::
+
+        store = LabelStore.open("data/labels", "rvq")     # the only rvq* teacher there
+        codes = store.crop(clip, start=320 * 100, length=120_000)   # (8, 374) uint16
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        path = self.root / TEACHER_FILE
+        if not path.exists():
+            raise LabelError(f"{self.root} is not a label store (no {TEACHER_FILE})")
+        self.identity: dict[str, Any] = json.loads(path.read_text())
+        self.n_codebooks = int(self.identity["config"]["n_codebooks"])
+
+    @classmethod
+    def create(cls, labels_dir: str | Path, key: str, identity: dict[str, Any]) -> LabelStore:
+        """Open the store of teacher ``key`` under ``labels_dir``, writing ``teacher.json`` if new."""
+        root = Path(labels_dir) / key
+        path = root / TEACHER_FILE
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("hash") != identity["hash"]:
+                raise LabelError(f"{path} holds teacher {old.get('hash')}, not {identity['hash']}")
+        else:
+            atomic_write_json(path, identity)
+        return cls(root)
+
+    @classmethod
+    def open(cls, labels_dir: str | Path, name: str | None = None) -> LabelStore:
+        """The one store under ``labels_dir`` whose key starts with ``name`` (any name if None)."""
+        roots = sorted(p.parent for p in Path(labels_dir).glob(f"*/{TEACHER_FILE}"))
+        found = [r for r in roots if name is None or r.name.startswith(name)]
+        if len(found) != 1:
+            have = ", ".join(r.name for r in roots) or "none"
+            raise LabelError(f"{len(found)} label stores match {name!r} under {labels_dir} (have: {have})")
+        return cls(found[0])
+
+    @property
+    def key(self) -> str:
+        return self.root.name
+
+    def _stem(self, clip: Clip) -> Path:
+        return self.root / CLIP_DIR / clip.sha256[:2] / f"{clip.sha256}-{clip.length}"
+
+    def has(self, clip: Clip) -> bool:
+        """Whether ``clip`` has a committed label record (does not validate it: see :meth:`load`)."""
+        return self._stem(clip).with_suffix(".json").exists()
+
+    def write(self, clip: Clip, codes: np.ndarray, sample_rate: int) -> Path:
+        """Store ``codes`` (K, student_frames(clip.length)) for ``clip``; array first, record last."""
+        frames = student_frames(clip.length)
+        if codes.shape != (self.n_codebooks, frames):
+            raise LabelError(f"clip {clip.id}: codes {codes.shape} != ({self.n_codebooks}, {frames})")
+        if codes.min(initial=0) < 0 or codes.max(initial=0) > np.iinfo(np.uint16).max:
+            raise LabelError(f"clip {clip.id}: codes outside the uint16 range")
+        stem = self._stem(clip)
+        atomic_save_npy(stem.with_suffix(".npy"), codes.astype(np.uint16))
+        record = {
+            "clip_id": clip.id,
+            "sha256": clip.sha256,
+            "length": clip.length,
+            "sample_rate": sample_rate,
+            "frames": frames,
+            "n_codebooks": self.n_codebooks,
+            "teacher": self.identity["hash"],
+        }
+        atomic_write_json(stem.with_suffix(".json"), record)
+        return stem.with_suffix(".npy")
+
+    def load(self, clip: Clip, sample_rate: int | None = None, mmap: bool = True) -> np.ndarray:
+        """Labels of the whole clip, (K, student_frames(clip.length)) uint16, checked against the clip.
+
+        Raises:
+            LabelError: no labels, or labels that do not match the clip or this teacher.
+        """
+        stem = self._stem(clip)
+        if not stem.with_suffix(".json").exists():
+            raise LabelError(f"no {self.key} labels for clip {clip.id} ({clip.source}, sha {clip.sha256[:12]})")
+        rec = json.loads(stem.with_suffix(".json").read_text())
+        want = {"sha256": clip.sha256, "length": clip.length, "teacher": self.identity["hash"]}
+        if sample_rate is not None:
+            want["sample_rate"] = sample_rate
+        bad = {k: (rec.get(k), v) for k, v in want.items() if rec.get(k) != v}
+        if bad:
+            raise LabelError(f"labels {stem}.npy do not match clip {clip.id}: (stored, expected) {bad}")
+        try:
+            codes = np.load(stem.with_suffix(".npy"), mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise LabelError(f"labels {stem}.npy of clip {clip.id} are unreadable: {e}") from e
+        expected = (self.n_codebooks, student_frames(clip.length))
+        if codes.dtype != np.uint16 or codes.shape != expected:
+            raise LabelError(
+                f"labels {stem}.npy of clip {clip.id}: {codes.dtype} {codes.shape}, expected uint16 {expected} "
+                f"(clip of {clip.length} samples)"
+            )
+        return codes
+
+    def crop(self, clip: Clip, start: int, length: int, sample_rate: int | None = None) -> np.ndarray:
+        """Labels of the crop ``[start, start + length)`` (start a multiple of 320): (K, student_frames(length))."""
+        if start < 0 or start + length > clip.length:
+            raise ValueError(f"crop [{start}, {start + length}) outside clip {clip.id} of {clip.length} samples")
+        return np.array(self.load(clip, sample_rate)[:, crop_slice(start, length)])
