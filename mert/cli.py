@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "mert.data.commands",  # demo-corpus, ingest
     "mert.teachers.commands",  # label
     "mert.model.commands",  # extract
+    "mert.train.commands",  # pretrain
 )
 
 

@@ -166,3 +166,4 @@ def _import_schemas() -> None:
     import mert.data.ingest  # noqa: F401
     import mert.data.synth  # noqa: F401
     import mert.teachers.config  # noqa: F401
+    import mert.train.params  # noqa: F401

@@ -19,6 +19,7 @@ Outputs under ``OUT``::
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,31 +76,56 @@ def _envelope(n: int, sr: int, kind: str) -> np.ndarray:
     return env * (0.85 + 0.15 * np.exp(-t * 4))
 
 
+_TABLE = 2048
+
+
+def _amps(timbre: str) -> np.ndarray:
+    k = np.arange(1, 13, dtype=float)
+    return {
+        "organ": np.where(k <= 4, 1.0 / k, 0.0),
+        "strings": 1.0 / k,
+        "clarinet": np.where(k % 2 == 1, 1.0 / k, 0.02),
+        "pluck": 1.0 / k**1.5,
+        "brass": np.exp(-((k - 3) ** 2) / 8.0),
+    }[timbre]
+
+
+@functools.lru_cache(maxsize=128)
+def _wavetable(timbre: str, n_partials: int) -> np.ndarray:
+    """One period of ``timbre`` with its first ``n_partials`` harmonics (band-limited), float32."""
+    theta = np.arange(_TABLE) / _TABLE
+    amps = _amps(timbre)[:n_partials]
+    k = np.arange(1, n_partials + 1)[:, None]
+    x = (amps[:, None] * np.sin(2 * np.pi * k * theta + 0.7 * k)).sum(0)
+    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
 def tone(freq: float, seconds: float, sr: int, timbre: str, rng: np.random.Generator) -> np.ndarray:
-    """One note of ``timbre`` at ``freq`` Hz: a sum of partials shaped by an envelope."""
+    """One note of ``timbre`` at ``freq`` Hz: partials (below Nyquist) shaped by an envelope.
+
+    Harmonic timbres are read from a band-limited wavetable (fast); the bell's partials are
+    inharmonic and summed directly; the pluck's bright attack decays towards its fundamental.
+    """
     n = max(1, int(seconds * sr))
-    t = np.arange(n) / sr
+    t = np.arange(n, dtype=np.float32) / sr
+    env = _envelope(n, sr, timbre).astype(np.float32)
     if timbre == "bell":
         ratios, amps = np.array([1.0, 2.76, 5.40, 8.93]), np.array([1.0, 0.6, 0.4, 0.25])
-    else:
-        k = np.arange(1, 13, dtype=float)
-        amps = {
-            "organ": np.where(k <= 4, 1.0 / k, 0.0),
-            "strings": 1.0 / k,
-            "clarinet": np.where(k % 2 == 1, 1.0 / k, 0.02),
-            "pluck": 1.0 / k**1.5,
-            "brass": np.exp(-((k - 3) ** 2) / 8.0),
-        }[timbre]
-        ratios = k
-    keep = ratios * freq < sr / 2 * 0.95
-    ratios, amps = ratios[keep], amps[keep]
-    vib = 1.0 + (0.004 * np.sin(2 * np.pi * 5.5 * t) if timbre in ("strings", "clarinet") else 0.0)
-    phase = 2 * np.pi * freq * np.cumsum(np.broadcast_to(vib, t.shape)) / sr
-    partials = np.sin(np.outer(ratios, phase) + rng.uniform(0, 2 * np.pi, (len(ratios), 1)))
+        keep = ratios * freq < sr / 2 * 0.95
+        ph = rng.uniform(0, 2 * np.pi, (int(keep.sum()), 1))
+        x = (amps[keep, None] * np.sin(2 * np.pi * freq * np.outer(ratios[keep], t) + ph)).sum(0)
+        return (x * env / (np.abs(x).max() + 1e-9)).astype(np.float32)
+    n_partials = int(max(1, min(12, np.floor(sr / 2 * 0.95 / freq))))
+    inc = np.full(n, freq / sr, np.float64)
+    if timbre in ("strings", "clarinet"):
+        inc *= 1.0 + 0.004 * np.sin(2 * np.pi * 5.5 * t)  # vibrato
+    phase = (np.cumsum(inc) + rng.uniform()) % 1.0
+    idx = (phase * _TABLE).astype(np.int64) % _TABLE
+    x = _wavetable(timbre, n_partials)[idx]
     if timbre == "pluck":  # higher partials decay faster, like a real string
-        partials *= np.exp(-np.outer(ratios - 1, t) * 2.0)
-    x = (amps[:, None] * partials).sum(0) * _envelope(n, sr, timbre)
-    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+        bright = np.exp(-t * 8.0)
+        x = x * bright + _wavetable("organ", 1)[idx] * (1 - bright)
+    return (x * env).astype(np.float32)
 
 
 def drums(seconds: float, sr: int, bpm: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
