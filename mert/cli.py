@@ -16,6 +16,7 @@ from mert.params import ParamsError
 
 COMMAND_MODULES = (
     "mert.data.commands",  # demo-corpus, ingest
+    "mert.probe.commands",  # probe
     "mert.teachers.commands",  # label
     "mert.model.commands",  # extract
     "mert.train.commands",  # pretrain

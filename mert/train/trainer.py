@@ -1,0 +1,344 @@
+"""The pretraining loop: :class:`Trainer` with ``setup / fit / train_step / validate / save / load / close``.
+
+``train_step`` is the pure step (forward, backward over the accumulated micro-batches, clip, update); ``fit``
+owns the loop, logging, validation and checkpoints. Every source of randomness in a micro-batch (crop, mask,
+mixture, dropout, layerdrop) is seeded from ``(seed, step, slot)``, so a run is reproducible, resumes exactly,
+and N ranks compute what one process computes with N-fold gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mert.data.shards import Corpus
+from mert.model.config import MERTConfig
+from mert.model.pretraining import MERTPretrainingModel, PretrainingConfig
+from mert.train import checkpoint as ckpt
+from mert.train.data import Batch, CropSampler, PretrainLoader
+from mert.train.distributed import DistInfo, all_reduce_mean, unwrap, wrap_model
+from mert.train.labels import LabelSource
+from mert.train.optim import build_optimizer, build_scheduler
+from mert.train.params import Profile
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA devices that support it, else fp32."""
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def slot_seed(seed: int, step: int, slot: int) -> int:
+    """A 63-bit seed for micro-batch ``slot`` of ``step``."""
+    return int(np.random.SeedSequence([seed, 2, step, slot]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class Trainer:
+    """MERT pretraining on one rank.
+
+    Args:
+        profile: the resolved hyperparameters.
+        corpus: the ingested corpus.
+        labels: teacher labels for it.
+        out_dir: run directory (``checkpoints/``, ``export/``, ``metrics.jsonl``).
+        info: this process's rank and device.
+        logger: rank-0 metric logger (``log_dict/log_config/close``), or None.
+    """
+
+    def __init__(
+        self, profile: Profile, corpus: Corpus, labels: LabelSource, out_dir: str | Path, info: DistInfo, logger=None
+    ):
+        self.p, self.corpus, self.labels, self.info = profile, corpus, labels, info
+        self.out = Path(out_dir)
+        self.logger = logger if info.is_main else None
+        self.step = 0  # iterations done (= data position)
+        self.samples = 0  # clips consumed over all ranks
+        self.skipped = 0  # non-finite steps (no update)
+        self.consecutive_skips = 0
+        self.model = None
+
+    # ------------------------------------------------------------------------------------------ setup
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def setup(self) -> Trainer:
+        """Build the model, CQT, optimiser, schedule, data; resume from the newest checkpoint if one exists."""
+        p, dev = self.p, self.info.device
+        torch.manual_seed(p.seed)  # identical init on every rank
+        self.encoder_config = MERTConfig.from_name(p.model, **p.model_overrides)
+        self.objective = self._objective()
+        self._check_labels()
+        from mert.teachers.cqt import build_cqt
+
+        self.cqt = build_cqt(p.cqt, device=dev).eval()
+        self.raw_model = MERTPretrainingModel(self.encoder_config, self.objective).to(dev)
+        self.model = wrap_model(self.raw_model, self.info, p.parallel, find_unused=self.encoder_config.layerdrop > 0)
+        if p.compile:
+            self.model = torch.compile(self.model)
+        self.dtype = resolve_precision(p.precision, dev)
+        self.optimizer = build_optimizer(self.raw_model, p)
+        self.scheduler = build_scheduler(self.optimizer, p)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.dtype == torch.float16)
+        self.accum = p.grad_accum(self.info.world_size)
+        sampler = CropSampler(
+            self.corpus,
+            self.labels,
+            p.crop_samples,
+            p.min_clip_samples,
+            p.micro_batch_clips,
+            self.info.world_size,
+            self.accum,
+            p.seed,
+        )
+        self.loader = PretrainLoader(sampler, self.info.rank, self.info.world_size, p.loader_prefetch)
+        val = CropSampler(
+            self.corpus,
+            self.labels,
+            p.crop_samples,
+            p.min_clip_samples,
+            p.micro_batch_clips,
+            self.info.world_size,
+            1,
+            p.seed + 1,
+        )
+        self.val_loader = PretrainLoader(val, self.info.rank, self.info.world_size, prefetch=0)
+        latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        if latest is not None:
+            self.load_checkpoint(latest)
+        return self
+
+    def _objective(self) -> PretrainingConfig:
+        """The preset's objective; the MERT-v0/HuBERT k-means baseline when the labels are one k-means set."""
+        p, lab = self.p, self.labels
+        if str(lab.identity().get("name", "")).startswith("kmeans") and lab.n_codebooks == 1:
+            return PretrainingConfig.kmeans_baseline(p.model, lab.codebook_size, **p.objective_overrides)
+        return PretrainingConfig.from_name(p.model, **p.objective_overrides)
+
+    def _check_labels(self) -> None:
+        o, lab = self.objective, self.labels
+        if (lab.n_codebooks, lab.codebook_size) != (o.n_codebooks, o.codebook_size):
+            raise ValueError(
+                f"labels have {lab.n_codebooks} codebooks x {lab.codebook_size} codes but the objective "
+                f"{self.p.model!r} expects {o.n_codebooks} x {o.codebook_size}"
+            )
+
+    # ------------------------------------------------------------------------------------------ the step
+    def _forward(self, batch: Batch) -> Any:
+        """Forward one micro-batch with its slot-seeded RNG: CQT of the clean audio, then mixture + masking."""
+        dev = self.info.device
+        seed = slot_seed(self.p.seed, batch.step, batch.slot)
+        torch.manual_seed(seed)  # dropout / layerdrop: the same on any rank layout
+        gen = torch.Generator(device=dev).manual_seed(seed)  # mask and mixture
+        wav = batch.wav.to(dev, non_blocking=True)
+        labels = batch.labels.to(dev, non_blocking=True)
+        with torch.no_grad():
+            cqt = self.cqt(wav)  # (B, 336, L // 320 + 1), clean audio, fp32
+        with torch.autocast(dev.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.model(wav, labels, cqt, generator=gen)
+
+    def train_step(self, batches: list[Batch]) -> dict[str, torch.Tensor]:
+        """One optimiser step over this rank's micro-batches; returns detached metrics (no logging, no I/O).
+
+        A non-finite loss or gradient norm skips the update (weights, optimiser and schedule unchanged).
+        """
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1 or not hasattr(self.model, "no_sync")
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                out = self._forward(batch)
+                self.scaler.scale(out.loss / len(batches)).backward()
+            for k, v in out.metrics.items():
+                sums[k] = sums.get(k, 0.0) + v.float() / len(batches)
+        self.scaler.unscale_(self.optimizer)
+        clip = self.p.clip_norm if self.p.clip_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+        finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(sums["loss/total"]))
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.scheduler.step()
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums["optim/grad_norm"] = grad_norm.detach().float()
+        sums["optim/skipped"] = torch.tensor(0.0 if finite else 1.0, device=grad_norm.device)
+        return sums
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train to ``max_steps`` from the current position; save, validate and log on schedule."""
+        p = self.p
+        self._log_config()
+        it = iter(self.loader)
+        t_last, sec_acc = time.perf_counter(), 0.0
+        while self.step < p.max_steps:
+            t0 = time.perf_counter()
+            batches = next(it)
+            wait = time.perf_counter() - t0
+            metrics = self.train_step(batches)
+            self._account(metrics, batches)
+            sec_acc += sum(b.seconds for b in batches) * self.info.world_size
+            if self.step % p.log_interval == 0 or self.step == p.max_steps:
+                dt = time.perf_counter() - t_last
+                self._log_train(metrics, sec_acc / dt, wait)
+                t_last, sec_acc = time.perf_counter(), 0.0
+            if p.val_interval and self.step % p.val_interval == 0 and self.step < p.max_steps:
+                self._log(self.validate())
+            if self.step % p.save_interval == 0 or self.step == p.max_steps:
+                self.save_checkpoint()
+        final = self.validate()
+        self._log(final)
+        return {
+            "step": self.step,
+            "checkpoint": ckpt.latest_checkpoint(self.ckpt_dir),
+            "val": final,
+            "export": self.export() if self.info.is_main else None,
+        }
+
+    def _account(self, metrics: dict[str, torch.Tensor], batches: list[Batch]) -> None:
+        """Advance the counters; stop with :class:`TrainingDiverged` after too many non-finite steps."""
+        self.step += 1
+        self.samples += sum(b.wav.shape[0] for b in batches) * self.info.world_size
+        if metrics["optim/skipped"].item() == 0:
+            self.consecutive_skips = 0
+            return
+        self.skipped += 1
+        self.consecutive_skips += 1
+        log.warning(
+            "step %d: non-finite loss or gradient, update skipped (%d in a row, %d total)",
+            self.step,
+            self.consecutive_skips,
+            self.skipped,
+        )
+        if self.consecutive_skips >= self.p.max_consecutive_skips:
+            last = ckpt.latest_checkpoint(self.ckpt_dir)
+            raise TrainingDiverged(
+                f"{self.consecutive_skips} consecutive steps with a non-finite loss or gradient (up to step "
+                f"{self.step}); stopping. The last good checkpoint is {last} (nothing was saved after the "
+                "divergence). Lower the learning rate or check the data, then rerun to resume from it."
+            )
+
+    def _log_train(self, metrics: dict[str, torch.Tensor], audio_rate: float, wait: float) -> None:
+        keys = sorted(metrics)
+        vals = all_reduce_mean(torch.stack([metrics[k].float() for k in keys]), self.info).tolist()
+        out = dict(zip(keys, vals))
+        out.pop("optim/skipped")
+        out.update(
+            {
+                "optim/lr": self.scheduler.get_last_lr()[0],
+                "perf/audio_sec_per_sec": audio_rate,
+                "perf/data_wait_sec": wait,
+                "train/skipped_steps": float(self.skipped),
+                "train/samples": float(self.samples),
+            }
+        )
+        self._log({f"train/{k}" if not k.startswith(("optim/", "perf/", "train/")) else k: v for k, v in out.items()})
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.logger is not None:
+            self.logger.log_dict(metrics, step=self.step)
+
+    def _log_config(self) -> None:
+        if self.logger is not None and self.step == 0:
+            self.logger.log_config(self.config_dict())
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss and per-codebook masked accuracy on fixed crops (eval mode, no mixture), averaged over ranks."""
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        for step in range(self.p.val_batches):
+            for batch in self.val_loader.step_batches(step):
+                out = self._forward(batch)
+                for k, v in out.metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v.float() / self.p.val_batches
+        keys = sorted(sums)
+        vals = all_reduce_mean(torch.stack([sums[k] for k in keys]), self.info).tolist()
+        return {f"val/{k}": v for k, v in zip(keys, vals)}
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def config_dict(self) -> dict[str, Any]:
+        """Everything that defines the run (stored in every checkpoint and logged as params)."""
+        return {
+            "profile": dataclasses.asdict(self.p),
+            "encoder": dataclasses.asdict(self.encoder_config),
+            "objective": dataclasses.asdict(self.objective),
+            "world_size": self.info.world_size,
+            "grad_accum": self.accum,
+            "teacher": self.labels.identity(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self._model_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "train_state": {
+                "step": self.step,
+                "samples": self.samples,
+                "skipped": self.skipped,
+                "consecutive_skips": self.consecutive_skips,
+            },
+            "data": self.loader.state_dict(),
+            "rng": ckpt.rng_state(),
+            "config": self.config_dict(),
+        }
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.p.parallel == "fsdp" and self.info.distributed:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()}
+
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes ``checkpoints/step-XXXXXXXX/checkpoint.pt`` atomically and prunes to ``keep_last``."""
+        state = self.state_dict()  # collective under FSDP: every rank takes part
+        if not self.info.is_main:
+            return None
+        path = ckpt.save_checkpoint(self.ckpt_dir, self.step, state, self.p.keep_last)
+        log.info("saved %s", path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore every piece of state written by :meth:`save_checkpoint` (the same config is required)."""
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loader.load_state_dict(state["data"])
+        ts = state["train_state"]
+        self.step, self.samples, self.skipped = ts["step"], ts["samples"], ts["skipped"]
+        self.consecutive_skips = ts["consecutive_skips"]
+        ckpt.set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def export(self) -> Path:
+        """The encoder in the released HF layout (``MERT.save_pretrained``) under ``OUT/export``."""
+        path = self.out / "export"
+        unwrap(self.model).mert.save_pretrained(path)
+        return path
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush and close the logger (``status``: how the MLflow run ends)."""
+        if self.logger is not None:
+            self.logger.close(status)
+            self.logger = None

@@ -1,0 +1,55 @@
+"""Fixtures for the trainer tests: a tiny corpus (the session's demo corpus), fake labels, tiny profiles."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mert.train.params import PROFILES, Profile
+
+# A profile small enough for CPU tests: 0.4 s crops, 2 clips, dropout/layerdrop on, short mixture segments.
+TINY = dataclasses.replace(
+    PROFILES["mert-tiny"],
+    crop_samples=9600,
+    min_clip_samples=24000,
+    micro_batch_clips=2,
+    batch_seconds=0.8,
+    warmup_steps=2,
+    max_steps=6,
+    save_interval=2,
+    keep_last=2,
+    log_interval=1,
+    val_interval=0,
+    val_batches=1,
+    loader_prefetch=0,
+    objective_overrides={"mixture_len_range": [1600, 3200]},
+)
+
+
+def tiny_profile(**overrides) -> Profile:
+    return dataclasses.replace(TINY, **overrides)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """A migrated, empty MLflow sqlite DB (migration takes seconds: done once, copied per test)."""
+    import os
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(mlflow_template: Path, tmp_path: Path) -> str:
+    """A fresh sqlite tracking URI (a copy of the template) with artifacts beside it."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(mlflow_template, db)
+    return f"sqlite:///{db}"

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from mert.data.shards import Corpus
+from mert.teachers.base import student_frames
+from mert.train.data import CropSampler, PretrainLoader, loader_throughput
+from mert.train.labels import HashLabels
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_dir):
+    return Corpus(corpus_dir)
+
+
+def sampler(corpus, **kw):
+    args = dict(crop_samples=9600, min_clip_samples=24000, micro_batch_clips=2, world_size=1, grad_accum=1, seed=3)
+    args.update(kw)
+    return CropSampler(corpus, HashLabels(8, 1024), **args)
+
+
+def test_batch_shapes_alignment_and_labels(corpus):
+    s = sampler(corpus)
+    b = s.batch(0, 0)
+    L = b.wav.shape[1]
+    assert b.wav.shape == (2, 9600) and b.labels.shape == (2, 8, student_frames(L)) and b.labels.dtype == torch.long
+    # The crop is the clip's audio at a 320-aligned start, and its labels are the clip's labels from start // 320.
+    clip = s.clip_at(s.positions(0, 0)[0])
+    full = s.corpus.audio(clip)
+    starts = [i for i in range(0, clip.length - L + 1, 320) if np.array_equal(full[i : i + L], b.wav[0].numpy())]
+    assert starts, "crop not found at a 320-aligned offset"
+    whole = HashLabels(8, 1024).crop(clip, 0, clip.length)
+    m = starts[0] // 320
+    assert np.array_equal(b.labels[0].numpy(), whole[:, m : m + student_frames(L)])
+
+
+def test_short_clips_dropped_and_batch_cropped_to_shortest(corpus):
+    lengths = sorted(c.length for c in corpus.clips)
+    s = sampler(corpus, min_clip_samples=lengths[2], crop_samples=10**7 // 320 * 320)
+    assert len(s.clips) == len(corpus.clips) - 2 and min(c.length for c in s.clips) >= lengths[2]
+    b = s.batch(0, 0)
+    shortest = min(c.length for c in (s.clip_at(p) for p in s.positions(0, 0)))
+    assert b.wav.shape[1] == shortest // 320 * 320  # no padding: cropped to the shortest clip, whole frames
+    with pytest.raises(ValueError, match="no clip"):
+        sampler(corpus, min_clip_samples=lengths[-1] + 1)
+
+
+def test_epochs_are_seeded_permutations(corpus):
+    s = sampler(corpus)
+    n = len(s.clips)
+    epoch0 = [s.clip_at(p).id for p in range(n)]
+    epoch1 = [s.clip_at(p).id for p in range(n, 2 * n)]
+    assert sorted(epoch0) == sorted(c.id for c in s.clips) == sorted(epoch1)  # every clip once per epoch
+    assert epoch0 != epoch1
+    assert epoch0 == [sampler(corpus).clip_at(p).id for p in range(n)]  # same seed, same order
+    assert epoch0 != [sampler(corpus, seed=4).clip_at(p).id for p in range(n)]
+
+
+def test_rank_sharding_equals_accumulation_slots(corpus):
+    """2 ranks x 1 micro-batch see exactly what 1 rank x 2 accumulated micro-batches sees."""
+    single = PretrainLoader(sampler(corpus, grad_accum=2), rank=0, world_size=1, prefetch=0)
+    ranks = [PretrainLoader(sampler(corpus, world_size=2), rank=r, world_size=2, prefetch=0) for r in range(2)]
+    for step in range(3):
+        acc = single.step_batches(step)
+        for r in range(2):
+            (mine,) = ranks[r].step_batches(step)
+            assert mine.clip_ids == acc[r].clip_ids and torch.equal(mine.wav, acc[r].wav)
+    # Rank r takes every world-th sample of the step's global batch.
+    s = sampler(corpus, world_size=2)
+    assert s.positions(1, 0) == [4, 6] and s.positions(1, 1) == [5, 7]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_loader_resumes_with_the_same_order(corpus, prefetch):
+    ref = PretrainLoader(sampler(corpus), prefetch=prefetch)
+    it = iter(ref)
+    seen = [next(it) for _ in range(5)]
+    state = None
+    loader = PretrainLoader(sampler(corpus), prefetch=prefetch)
+    it2 = iter(loader)
+    for _ in range(2):
+        next(it2)
+    state = loader.state_dict()
+    resumed = PretrainLoader(sampler(corpus), prefetch=prefetch)
+    resumed.load_state_dict(state)
+    it3 = iter(resumed)
+    for want in seen[2:]:
+        got = next(it3)
+        assert [b.clip_ids for b in got] == [b.clip_ids for b in want]
+        assert all(torch.equal(a.wav, b.wav) and torch.equal(a.labels, b.labels) for a, b in zip(got, want))
+    assert resumed.state_dict()["next_step"] == 5
+    other = PretrainLoader(sampler(corpus, seed=9))
+    with pytest.raises(RuntimeError, match="data stream changed"):
+        other.load_state_dict(state)
+
+
+def test_loader_throughput_reports_rates(corpus):
+    rates = loader_throughput(PretrainLoader(sampler(corpus), prefetch=0), n_steps=5)
+    assert rates["batches_per_sec"] > 0 and rates["audio_sec_per_sec"] > 0
