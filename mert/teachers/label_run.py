@@ -17,6 +17,7 @@ read it). A background thread reads audio while the teacher encodes; a writer po
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -114,7 +115,7 @@ def _read(corpus: Corpus, clip: Clip, w: Window) -> np.ndarray:
     """Audio of one window; raises ``CorpusError`` for unreadable, truncated or non-finite audio."""
     try:
         x = corpus.audio(clip, w.start, w.length)
-    except (OSError, ValueError) as e:
+    except (CorpusError, OSError, ValueError) as e:
         raise CorpusError(f"unreadable shard {clip.shard}: {e}") from e
     if x.shape[0] != w.length:
         raise CorpusError(f"shard {clip.shard} is truncated: clip ends past its end")
@@ -146,23 +147,39 @@ def _batches(corpus: Corpus, clips: list[Clip], windows: list[Window], batch_siz
 
 
 def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
-    """Run ``it`` in a background thread, ``depth`` items ahead; re-raise its errors here."""
+    """Run ``it`` in a background thread, ``depth`` items ahead; re-raise its errors here.
+
+    If the consumer stops early (an error, a kill), the thread notices within 0.1 s and exits.
+    """
     q: queue.Queue = queue.Queue(depth)
-    done = object()
+    done, stop = object(), threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def work():
         try:
             for item in it:
-                q.put(item)
-            q.put(done)
+                if not put(item):
+                    return
+            put(done)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put(e)
+            put(e)
 
     threading.Thread(target=work, daemon=True, name="label-prefetch").start()
-    while (item := q.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -266,7 +283,7 @@ def label_corpus(
     todo, rejects = _split_todo(store, clips, s)
     dev = resolve_device(device)
     teacher.to(dev)
-    windows = [w for i, c in enumerate(todo) for w in _plan(i, c, teacher)]
+    windows = [w for i, c in enumerate(todo) for w in _plan(i, c.length, teacher)]
     windows.sort(key=lambda w: -w.length)  # similar lengths per batch: little padding
     s.windows = len(windows)
     with ThreadPoolExecutor(2, thread_name_prefix="label-write") as pool:
@@ -288,8 +305,33 @@ def label_corpus(
     return s
 
 
-def _plan(i: int, clip: Clip, teacher: TargetExtractor) -> list[Window]:
-    return plan_windows(i, clip.length, teacher.chunk_frames, teacher.left_context_frames, teacher.right_context_frames)
+def label_array(teacher: TargetExtractor, wav: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Labels of one in-memory clip with the same windowing as :func:`label_corpus`.
+
+    Args:
+        teacher: the teacher (on its device).
+        wav: (S,) float32 audio at ``teacher.sample_rate``.
+        batch_size: windows per forward pass.
+
+    Returns:
+        (K, student_frames(S)) uint16.
+    """
+    dev = next(iter(teacher.buffers()), torch.zeros(0)).device
+    windows = _plan(0, wav.shape[0], teacher)
+    out = np.zeros((teacher.n_codebooks, student_frames(wav.shape[0])), np.uint16)
+    for i in range(0, len(windows), batch_size):
+        group = windows[i : i + batch_size]
+        x = torch.zeros(len(group), max(w.length for w in group))  # (B, S), right zero padding
+        for j, w in enumerate(group):
+            x[j, : w.length] = torch.from_numpy(wav[w.start : w.start + w.length])
+        codes = teacher.encode(x.to(dev), torch.tensor([w.length for w in group], device=dev)).cpu().numpy()
+        for w, c in zip(group, codes):
+            out[:, w.first : w.first + w.count] = c[:, w.keep : w.keep + w.count]
+    return out
+
+
+def _plan(i: int, length: int, teacher: TargetExtractor) -> list[Window]:
+    return plan_windows(i, length, teacher.chunk_frames, teacher.left_context_frames, teacher.right_context_frames)
 
 
 def _encode_all(corpus, todo, windows, teacher, asm: _Assembler, s: LabelSummary, batch_size, dev, progress) -> None:
@@ -298,7 +340,7 @@ def _encode_all(corpus, todo, windows, teacher, asm: _Assembler, s: LabelSummary
     total = sum(c.length for c in todo) / corpus.sample_rate
     bar = tqdm(total=round(total, 1), unit="s", desc=f"label {teacher.name}", disable=not progress or not todo)
     events = _prefetch(_batches(corpus, todo, windows, batch_size, pin=dev.type == "cuda"))
-    with bar:
+    with bar, contextlib.closing(events):
         for ev in events:
             if ev[0] == "reject":
                 asm.reject(ev[1], ev[2])
@@ -314,45 +356,6 @@ def _encode_all(corpus, todo, windows, teacher, asm: _Assembler, s: LabelSummary
                     bar.update(round(todo[w.clip].length / corpus.sample_rate, 1))
 
 
-def build_teacher(params, corpus_dir: str | Path | None = None, labels_dir: str | Path | None = None):
-    """The teacher ``params`` (a ``LabelParams``) selects; a k-means teacher is fitted on the corpus if needed."""
-    if params.teacher == "rvq":
-        from mert.teachers.rvq import build_rvq_teacher
-
-        r = params.rvq
-        return build_rvq_teacher(r.weights, r.seed, r.bandwidth, r.context_seconds, params.chunk_seconds)
-    return build_kmeans_teacher(params, corpus_dir, labels_dir)
-
-
-def build_kmeans_teacher(params, corpus_dir: str | Path | None, labels_dir: str | Path | None):
-    """Load ``label.kmeans.model``, or the model fitted earlier on this corpus, or fit and save one."""
-    from mert.teachers.kmeans import MODEL_FILE, KMeansModel, KMeansTeacher, fit_kmeans
-    from mert.utils.io import sha256_json
-
-    k = params.kmeans
-    settings = {"features": list(k.features), "n_clusters": list(k.n_clusters), "n_mels": k.n_mels}
-    settings.update(n_mfcc=k.n_mfcc, sample_rate=24_000, seed=k.seed)
-    chunk = max(1, round(params.chunk_seconds * 75))
-    if k.model:
-        model = KMeansModel.load(k.model)
-        if {key: model.settings.get(key) for key in settings} != settings:
-            raise TeacherError(f"k-means model {k.model} was fitted with {model.settings}, params say {settings}")
-        return KMeansTeacher(model, chunk)
-    if corpus_dir is None or labels_dir is None:
-        raise TeacherError("label.kmeans.model is null: a corpus and a labels dir are needed to fit one")
-    corpus = Corpus(corpus_dir, verify=False)
-    settings["sample_rate"] = corpus.sample_rate
-    key = sha256_json({"settings": settings, "fit_frames": k.fit_frames, "clips": [c.sha256 for c in corpus]})
-    path = Path(labels_dir) / "kmeans-models" / f"{'+'.join(k.features)}-{key[:12]}"
-    if (path / MODEL_FILE).exists():
-        log.info("k-means: reusing the model fitted on this corpus: %s", path)
-        return KMeansTeacher(KMeansModel.load(path), chunk)
-    log.info("k-means: fitting %s on %d clips -> %s", settings["features"], len(corpus), path)
-    model = fit_kmeans(corpus, settings, k.fit_frames)
-    model.save(path)
-    return KMeansTeacher(model, chunk)
-
-
 def run_label(
     corpus_dir: str | Path,
     labels_dir: str | Path,
@@ -365,6 +368,8 @@ def run_label(
     progress: bool = True,
 ) -> LabelSummary:
     """The ``label`` stage: build the teacher from ``params`` (``LabelParams``) and label the range."""
+    from mert.teachers.build import build_teacher
+
     teacher = build_teacher(params, corpus_dir, labels_dir)
     return label_corpus(
         corpus_dir,

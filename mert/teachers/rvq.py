@@ -9,11 +9,11 @@ Reference: ``EncodecModel.encodec_model_24khz()`` + ``set_target_bandwidth(6.0)`
 * a file path: a state dict of ``encodec_model_24khz`` loaded with ``weights_only=True``.
 * ``random``: ``pretrained=False`` with a fixed seed, a **random-projection teacher** (BEST-RQ
   style, Chiu et al. 2022). Random-init EnCodec has all-zero codebooks (they are initialised by
-  k-means on the first training batch), which would label every frame 0. We therefore set each
-  codebook to 1024 seeded random directions of equal length around the mean encoder output,
-  measured once on a fixed seeded calibration signal: each codebook is then an independent random
-  hash of the whitened encoder features (the argmin of ``||x - mu - eps v_k||`` is the argmax of
-  ``(x - mu) . v_k``).
+  k-means on the first training batch), which would label every frame 0, and its encoder output
+  is a near-constant vector (std/mean ~ 0.02) on which tiny codewords would tie. So the random
+  teacher replaces the RVQ by :class:`RandomProjectionQuantizer`: the encoder features minus
+  their mean (measured once on a fixed seeded calibration signal) are l2-normalised and each of
+  the 8 codebooks takes the nearest of 1024 seeded random unit vectors (an independent hash each).
 
 The encoder is causal (left-padded convs, unidirectional LSTM), so right zero padding in a batch
 leaves the kept frames unchanged and long clips can be encoded in windows with
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from mert.teachers.base import HOP, TargetExtractor, TeacherError, module_sha256
 
@@ -40,8 +41,6 @@ OFFICIAL_CHECKPOINT = "encodec_24khz-d7cc33bc.th"
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/encodec/v0/" + OFFICIAL_CHECKPOINT
 CODEBOOK_SIZE = 1024
 CALIBRATION_SECONDS = 4.0
-RANDOM_CODE_SCALE = 0.01
-"""Length of the random codewords relative to the features' std: small, so residuals stay ~ x - mu."""
 
 
 def _encodec():
@@ -106,24 +105,38 @@ def calibration_signal(seconds: float = CALIBRATION_SECONDS, sr: int = 24_000, s
     return (0.5 * out / np.abs(out).max()).astype(np.float32)
 
 
-@torch.no_grad()
-def randomize_codebooks(model, seed: int) -> None:
-    """Give a random-init EnCodec seeded, equal-length random codebooks (see the module docstring)."""
-    x = torch.from_numpy(calibration_signal(seed=seed)).view(1, 1, -1)
-    emb = model.encoder(x)[0].T.double()  # (F, D)
-    # float16 rounding makes the statistics (and so the weights hash) robust to last-bit BLAS differences.
-    mu = emb.mean(0).half().double()
-    sigma = emb.std(0).half().double().clamp_min(1e-6)
-    g = torch.Generator().manual_seed(seed)
-    for k, layer in enumerate(model.quantizer.vq.layers):
-        cb = layer._codebook
-        z = torch.randn(cb.embed.shape, generator=g, dtype=torch.float64)  # (codes, D)
-        v = z / sigma  # a projection of the whitened features (x - mu) / sigma
-        v = v / v.norm(dim=1, keepdim=True) * RANDOM_CODE_SCALE * sigma.norm()
-        embed = (v + (mu if k == 0 else 0.0)).float()
-        cb.embed.copy_(embed)
-        cb.embed_avg.copy_(embed)
-        cb.inited.fill_(1.0)
+class RandomProjectionQuantizer(nn.Module):
+    """BEST-RQ-style quantizer over frozen features: ``argmax_c <normalize(x - mu), e_k,c>`` per codebook ``k``.
+
+    Args:
+        mu: (D,) feature mean to remove.
+        n_codebooks: number of independent codebooks.
+        codebook_size: codes per codebook.
+        seed: seed of the random unit codewords.
+    """
+
+    def __init__(self, mu: torch.Tensor, n_codebooks: int = 8, codebook_size: int = CODEBOOK_SIZE, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        cb = torch.randn(n_codebooks, codebook_size, mu.shape[0], generator=g)  # (K, C, D)
+        self.register_buffer("mu", mu.float())
+        self.register_buffer("codebooks", cb / cb.norm(dim=-1, keepdim=True))
+
+    @classmethod
+    @torch.no_grad()
+    def calibrate(cls, encoder: nn.Module, seed: int, n_codebooks: int = 8) -> RandomProjectionQuantizer:
+        """Measure the feature mean of ``encoder`` on :func:`calibration_signal` (CPU) and build the quantizer."""
+        x = torch.from_numpy(calibration_signal(seed=seed)).view(1, 1, -1)
+        # float16 rounding makes the mean (and so the weights hash) robust to last-bit BLAS differences.
+        mu = encoder(x)[0].mean(-1).half().float()  # (D, F) -> (D,)
+        return cls(mu, n_codebooks, CODEBOOK_SIZE, seed)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, D, F) features -> (B, K, F) int64 codes."""
+        z = emb.transpose(1, 2) - self.mu  # (B, F, D)
+        z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        scores = torch.einsum("bfd,kcd->bkfc", z, self.codebooks)  # (B, K, F, C)
+        return scores.argmax(-1)
 
 
 def load_encodec(weights: str, seed: int = 0) -> tuple[Any, str]:
@@ -136,16 +149,15 @@ def load_encodec(weights: str, seed: int = 0) -> tuple[Any, str]:
     Returns:
         ``(model, source)`` with ``source`` one of ``pretrained``, ``checkpoint``, ``random``.
     """
-    model = _bare_model(seed)
     if weights == "random":
-        randomize_codebooks(model, seed)
-        return model.eval(), "random"
+        return _bare_model(seed).eval(), "random"
     if weights == "pretrained":
         path, source, what = _official_path(), "pretrained", "official EnCodec checkpoint"
     else:
         path, source, what = Path(os.path.expanduser(weights)), "checkpoint", "EnCodec checkpoint"
         if not path.is_file():
             raise TeacherError(f"label.rvq.weights: checkpoint file {path} not found (or use 'pretrained'/'random')")
+    model = _bare_model(seed)
     try:
         model.load_state_dict(_load_state(path, what), strict=True)
     except RuntimeError as e:
@@ -188,12 +200,17 @@ class EncodecTeacher(TargetExtractor):
         self.left_context_frames = context_frames
         self.chunk_frames = chunk_frames
         self.name = "rvq-random-projection" if source == "random" else f"rvq-encodec24k-{source}"
-        self._weights_sha256 = module_sha256(model)
+        self.rpq = None
+        if source == "random":
+            self.rpq = RandomProjectionQuantizer.calibrate(model.encoder, seed, self.n_codebooks)
+        self._weights_sha256 = module_sha256(self)
         self.freeze()
 
     @torch.inference_mode()
     def encode(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S) -> (B, K, ceil(S / 320)) int64; causal, so ``lengths`` is not needed."""
+        if self.rpq is not None:
+            return self.rpq(self.model.encoder(wav[:, None, :]))  # (B, 1, S) -> (B, D, F) -> (B, K, F)
         codes, _scale = self.model.encode(wav[:, None, :])[0]  # (B, 1, S) -> (B, K, F)
         return codes
 
@@ -211,7 +228,7 @@ class EncodecTeacher(TargetExtractor):
             "chunk_frames": self.chunk_frames,
         }
         if self.source == "random":
-            cfg.update(seed=self.seed, calibration_seconds=CALIBRATION_SECONDS, code_scale=RANDOM_CODE_SCALE)
+            cfg.update(seed=self.seed, quantizer="random-projection", calibration_seconds=CALIBRATION_SECONDS)
         return cfg
 
     def weights_sha256(self) -> str:

@@ -1,0 +1,73 @@
+"""Tiny corpora written directly in the ingested format, a cheap counting teacher, one random EnCodec teacher."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mert.data import shards as S
+from mert.teachers.base import TargetExtractor
+from mert.utils.io import atomic_save_npy
+
+SR = 24_000
+
+
+def make_corpus(root: Path, seconds: list[float], per_shard: int = 2, seed: int = 0) -> list[S.Clip]:
+    """Write a corpus of noise+tone clips of the given durations (``per_shard`` clips per shard)."""
+    rng = np.random.default_rng(seed)
+    (root / S.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    S.write_corpus_meta(root, SR)
+    clips = []
+    for s0 in range(0, len(seconds), per_shard):
+        name, parts, offset = S.shard_name(s0 // per_shard), [], 0
+        for i in range(s0, min(s0 + per_shard, len(seconds))):
+            n = int(round(seconds[i] * SR))
+            t = np.arange(n) / SR
+            x = (0.3 * np.sin(2 * np.pi * rng.uniform(100, 1000) * t) + rng.normal(0, 0.05, n)).astype(np.float32)
+            sha = hashlib.sha256(x.tobytes()).hexdigest()
+            clips.append(S.Clip(sha[:16], f"clip{i}.wav", sha, n / SR, SR, 1, "WAV", name, offset, n))
+            parts.append(x)
+            offset += n
+        atomic_save_npy(root / S.SHARD_DIR / name, np.concatenate(parts))
+    S.write_manifest(root, clips)
+    return S.read_manifest(root)
+
+
+class EnergyTeacher(TargetExtractor):
+    """Cheap deterministic teacher: 2 codebooks from each student frame's RMS; counts ``encode`` calls."""
+
+    name = "energy-test"
+    n_codebooks = 2
+    codebook_size = 64
+
+    def __init__(self, fail_after: int | None = None, chunk_frames: int = 2250):
+        super().__init__()
+        self.calls = 0
+        self.fail_after = fail_after
+        self.chunk_frames = chunk_frames
+
+    def encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls += 1
+        rms = wav.unfold(-1, 400, 320).pow(2).mean(-1).sqrt()  # (B, F)
+        a = (rms * 200).long().clamp(0, 63)
+        return torch.stack([a, (a * 7 + 3) % 64], dim=1)  # (B, 2, F)
+
+    def config(self):
+        return {"n_codebooks": 2, "scale": 200}
+
+    def weights_sha256(self):
+        return "0" * 64
+
+
+@pytest.fixture(scope="session")
+def rvq_teacher():
+    """The seeded random-projection EnCodec teacher (built once: ~3 s)."""
+    from mert.teachers.rvq import build_debug_rvq_extractor
+
+    return build_debug_rvq_extractor(seed=0)
