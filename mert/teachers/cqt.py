@@ -235,7 +235,10 @@ def _contract(coefs: torch.Tensor, x: torch.Tensor, use_matmul: bool) -> torch.T
     """
     if use_matmul:
         return torch.bmm(coefs, x)
-    return (coefs.unsqueeze(-1) * x.unsqueeze(1)).sum(2)  # (M, G, u, BK) -> (M, G, BK)
+    out = coefs[:, :, 0, None] * x[:, None, 0]  # (M, G, 1) * (M, 1, BK) -> (M, G, BK)
+    for j in range(1, x.shape[1]):  # u <= ~70 small kernels; no (M, G, u, BK) temporary
+        out += coefs[:, :, j, None] * x[:, None, j]
+    return out
 
 
 class FastCQT(nn.Module):
