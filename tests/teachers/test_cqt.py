@@ -158,6 +158,16 @@ def test_frozen_and_gradient_free(fast):
     assert not fast(wav).requires_grad
 
 
+def test_autocast_does_not_lower_precision(fast):
+    """Training runs the teacher next to bf16 autocast: the target must stay fp32-exact."""
+    x = _signals(SR)
+    expected = fast(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6 * float(expected.max()))
+
+
 def test_input_checks_and_dtypes(fast):
     with pytest.raises(ValueError, match=r"\(B, L\)"):
         fast(torch.zeros(SR))
