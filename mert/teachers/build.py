@@ -21,7 +21,7 @@ def build_teacher(params, corpus_dir: str | Path | None = None, labels_dir: str 
     return build_kmeans_teacher(params, corpus_dir, labels_dir)
 
 
-def build_kmeans_teacher(params, corpus_dir: str | Path | None, labels_dir: str | Path | None):
+def build_kmeans_teacher(params, corpus_dir: str | Path | None = None, labels_dir: str | Path | None = None):
     """Load ``label.kmeans.model``, or the model fitted earlier on this corpus, or fit and save one."""
     from mert.teachers.kmeans import MODEL_FILE, KMeansModel, KMeansTeacher, fit_kmeans
     from mert.utils.io import sha256_json
