@@ -79,29 +79,15 @@ class ConvLayer(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, bias: bool, group_norm: bool):
         super().__init__()
-        self.kernel, self.stride = kernel, stride
         self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, bias=bias)
         self.layer_norm = nn.GroupNorm(c_out, c_out, affine=True) if group_norm else None
 
-    def forward_channels_first(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, L) -> (B, C_out, T)."""
         x = self.conv(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return F.gelu(x)
-
-    def forward_time_major(self, x: Tensor) -> Tensor:
-        """Same maths on time-major input as a single GEMM over strided frames: (B, L, C_in) -> (B, T, C_out).
-
-        With stride s and kernel k, frame t reads rows ``t*s .. t*s+k-1`` of x, i.e. a contiguous window of
-        ``k * C_in`` values, so the conv is ``unfold(x) @ W`` with W reordered to (k * C_in, C_out).
-        """
-        b, length, c_in = x.shape
-        t = (length - self.kernel) // self.stride + 1
-        x = x.contiguous()
-        frames = x.as_strided((b, t, self.kernel * c_in), (length * c_in, self.stride * c_in, 1))  # (B, T, k*C_in)
-        w = self.conv.weight.permute(0, 2, 1).reshape(self.conv.out_channels, -1)  # (C_out, k*C_in)
-        return F.gelu(F.linear(frames, w, self.conv.bias))  # (B, T, C_out)
 
 
 class FeatureExtractor(nn.Module):
@@ -116,12 +102,11 @@ class FeatureExtractor(nn.Module):
         )
 
     def forward(self, wav: Tensor) -> Tensor:
-        """(B, L) -> (B, T, C). Layer 0 (GroupNorm over time) runs channels-first, the rest time-major."""
-        x = self.conv_layers[0].forward_channels_first(wav[:, None])  # (B, C, T0)
-        x = x.transpose(1, 2)  # (B, T0, C)
-        for layer in self.conv_layers[1:]:
-            x = layer.forward_time_major(x)
-        return x
+        """(B, L) -> (B, T, C) (channels-first convs, like the reference; one transpose of the small output)."""
+        x = wav[:, None]  # (B, 1, L)
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x.transpose(1, 2)  # (B, T, C)
 
 
 class FeatureProjection(nn.Module):
