@@ -1,0 +1,117 @@
+"""``probe(model_spec, task, out, params) -> dict``: the library entry point behind ``mert probe``.
+
+Order of work: resolve and validate the task (every layout/label error before any audio is decoded), resolve
+the model, extract (or load cached) features, sweep layers x LRs, write ``results.json`` + plot + DVC metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from mert.probe.params import ProbeParams
+from mert.probe.tasks import SPLITS, Task, TaskError, load_task
+
+log = logging.getLogger(__name__)
+
+
+def resolve_task(spec: str | Path, kind: str | None = None, params: ProbeParams | None = None) -> Task:
+    """A task from a directory (generic layouts) or ``<adapter>[:<dataset root>]`` (a MARBLE adapter).
+
+    Args:
+        spec: a directory, ``gtzan-genre:/data/GTZAN``, or ``gtzan-genre`` (root from ``params.datasets``).
+        kind: force the task kind of a generic directory.
+        params: probe params (dataset roots).
+    """
+    from mert.probe.adapters import ADAPTERS
+
+    text = str(spec)
+    name, _, root = text.partition(":")
+    if name in ADAPTERS:
+        root = root or (params.datasets.get(name) if params else None)
+        if not root:
+            raise TaskError(f"adapter {name!r} needs a dataset root: '{name}:/path' or probe.datasets.{name}")
+        return ADAPTERS[name](Path(root))
+    return load_task(text, kind)
+
+
+def _n_clips(task: Task, skipped: dict[str, str]) -> dict[str, int]:
+    return {s: sum(1 for e in task.split(s) if str(e.path) not in skipped) for s in SPLITS}
+
+
+def probe(
+    model_spec: str,
+    task_dir: str | Path,
+    out: str | Path,
+    params: ProbeParams | None = None,
+    task_type: str | None = None,
+    metrics_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Probe a frozen model on a task, layer by layer, and write the report files.
+
+    Args:
+        model_spec: MODEL spec (see :func:`mert.probe.models.load_model`).
+        task_dir: task directory or adapter spec (see :func:`resolve_task`).
+        out: path of ``results.json`` (the plot and DVC metrics go beside it).
+        params: probe params (defaults: the reference protocol).
+        task_type: force the task kind of a generic directory.
+        metrics_path: where to write the DVC metrics file (default ``<out stem>.metrics.json``).
+
+    Returns:
+        The report dict written to ``results.json``.
+    """
+    from mert.probe.features import extract
+    from mert.probe.models import load_model
+    from mert.probe.report import write_outputs
+
+    params = params or ProbeParams()
+    task = resolve_task(task_dir, task_type, params)
+    log.info("task %s (%s): %s clips per split", task.name, task.kind, task.counts())
+    model = load_model(model_spec, params.do_normalize)
+    t0 = time.perf_counter()
+    if task.kind == "separation":
+        from mert.probe.separation import separation_sweep
+
+        result, feats = separation_sweep(task, model, params)
+    else:
+        from mert.probe.sweep import build_splits, sweep
+
+        mode = "frame" if task.kind == "beats" else "clip"
+        window = task.window or params.window_seconds
+        feats = extract(model, task.examples, mode, window, params.min_window_seconds, params.extract_batch_size,
+                        params.cache_dir or None, params.cache_dtype, params.device)  # fmt: skip
+        t1 = time.perf_counter()
+        splits, norm = build_splits(task, feats)
+        result = sweep(task, splits, norm, params.sweep_config())
+    report = {
+        "task": task.name,
+        "task_kind": task.kind,
+        "task_root": str(task.root) if task.root else None,
+        "metric": result.metric,
+        "per_layer": result.per_layer,
+        "per_layer_test": result.per_layer_test,
+        "per_layer_lr": result.per_layer_lr,
+        "best_layer": result.best_layer,
+        "valid_score": result.valid_metrics[result.metric],
+        "test_score": result.test_metrics[result.metric],
+        "test_metrics": result.test_metrics,
+        "layer_weights": result.layer_weights,
+        "model": model.identity | {"label": model_spec, "hash": model.identity_hash},
+        "n_clips": _n_clips(task, feats.skipped),
+        "skipped": feats.skipped,
+        "n_skipped": len(feats.skipped),
+        "timing": {
+            "extract_s": round(feats.seconds, 3),
+            "features_cached": feats.cached,
+            "total_s": round(time.perf_counter() - t0, 3),
+        },  # fmt: skip
+        "params": {k: v for k, v in vars(params).items() if k != "datasets"},
+    }
+    if task.kind != "separation":
+        report["timing"]["sweep_s"] = round(time.perf_counter() - t1, 3)
+    write_outputs(report, out, metrics_path)
+    if feats.skipped:
+        log.warning("%d unreadable file(s) skipped: %s", len(feats.skipped), sorted(feats.skipped)[:5])
+    return report

@@ -1,0 +1,45 @@
+"""CLI: ``mert probe`` (per-layer probing of a frozen model on a task)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mert.cli import add_params_arg
+
+KINDS = ("multiclass", "key", "pitch", "multilabel", "regression", "beats", "separation")  # = mert.probe.tasks.KINDS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="probe a frozen model layer by layer on a task (MARBLE protocol)")
+    p.add_argument("--model", required=True, help="HF dir, step-* checkpoint, models:/name@alias, random:<preset>, "
+                   "mfcc, chroma or cqt")  # fmt: skip
+    p.add_argument(
+        "--task", required=True, help="task directory, or <adapter>[:<dataset root>] (mert/probe/DATASETS.md)"
+    )
+    p.add_argument("--out", type=Path, default=Path("results.json"), help="results JSON (plot and metrics beside it)")
+    p.add_argument("--task-type", choices=KINDS, dest="task_type", help="force the task kind of a generic directory")
+    p.add_argument("--metrics", type=Path, help="DVC metrics file (default: <out stem>.metrics.json)")
+    p.add_argument("--lrs", type=float, nargs="+", help="override the LR grid")
+    p.add_argument("--max-epochs", type=int, dest="max_epochs")
+    p.add_argument("--cache-dir", dest="cache_dir", help="feature cache root ('' disables)")
+    p.add_argument("--mlflow", action="store_true", help="log an MLflow run via mert.tracking (if available)")
+    add_params_arg(p)
+    p.set_defaults(handler=_probe)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from mert.params import load_section
+    from mert.probe.api import probe
+
+    overrides = {k: getattr(args, k) for k in ("lrs", "max_epochs", "cache_dir") if getattr(args, k) is not None}
+    params = load_section("probe", args.params, overrides)
+    report = probe(args.model, args.task, args.out, params, args.task_type, args.metrics)
+    if args.mlflow:
+        from mert.probe.tracking import log_probe
+
+        log_probe(report, args.out)
+    print(f"{report['task']} [{report['task_kind']}] {args.model}: best layer {report['best_layer']}, "
+          f"test {report['metric']} {report['test_score']:.4f} (valid {report['valid_score']:.4f}); "
+          f"clips {report['n_clips']}, skipped {report['n_skipped']} -> {args.out}")  # fmt: skip
+    return 0

@@ -1,0 +1,221 @@
+"""MODEL specs -> frozen frame-feature extractors with a stable identity (for the cache and the report).
+
+A spec is one of:
+
+* a directory in the released HF layout (``config.json`` + weights, :meth:`MERT.from_pretrained`);
+* a training checkpoint directory ``step-XXXXXXXX/`` (an HF export inside it or next to the run's
+  ``checkpoints/`` as ``export/`` is preferred; else ``checkpoint.pt``'s encoder weights and config);
+* ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: resolved to a local HF directory by
+  ``mert.tracking.download_model`` (the only module allowed to talk to MLflow);
+* ``random:<preset>[@seed]``: a randomly initialised :class:`MERT` (seed 0 unless given);
+* ``mfcc``, ``chroma``, ``cqt``: handcrafted 75 Hz frame features (the floor every table needs).
+
+Every extractor maps ``(B, L)`` 24 kHz audio to ``(n_layers, B, T, D)`` features at 75 Hz.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mert.utils.io import sha256_file, sha256_json
+
+SAMPLE_RATE = 24_000
+HOP = 320  # 75 Hz at 24 kHz, MERT's frame rate
+HANDCRAFTED = ("mfcc", "chroma", "cqt")
+
+
+class ModelSpecError(ValueError):
+    """A MODEL spec that cannot be resolved (the message says what was tried)."""
+
+
+class FeatureModel(nn.Module):
+    """Base class: a frozen extractor of per-layer frame features.
+
+    Attributes:
+        identity: JSON-able description of exactly which weights/features these are (hashed for the cache).
+        n_layers: number of feature layers (hidden states for MERT, 1 for handcrafted features).
+        chunk_seconds: longest input one forward pass takes (longer frame-level audio is chunked).
+    """
+
+    identity: dict[str, Any]
+    n_layers: int
+    chunk_seconds: float = 30.0
+
+    @property
+    def identity_hash(self) -> str:
+        return sha256_json(self.identity)[:16]
+
+
+class MERTFeatures(FeatureModel):
+    """All hidden states of a :class:`MERT` encoder (``hidden_states[0..N]``, reference section 6)."""
+
+    def __init__(self, model: nn.Module, identity: dict[str, Any]):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.identity = identity
+        self.n_layers = model.config.num_hidden_layers + 1
+        self.config = model.config
+
+    @torch.no_grad()
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` -> ``(n_layers, B, T, D)`` with ``T = config.num_frames(L)``."""
+        return torch.stack(self.model(wav, output_hidden_states=True).hidden_states)
+
+
+class Handcrafted(FeatureModel):
+    """MFCC (20 coefficients + deltas), CQT chroma (12) or log-CQT (336 bins) at 75 Hz, as one "layer"."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        if kind not in HANDCRAFTED:
+            raise ModelSpecError(f"unknown handcrafted feature {kind!r}; expected one of {list(HANDCRAFTED)}")
+        self.kind = kind
+        self.identity = {"kind": "handcrafted", "name": kind, "version": 1}
+        self.n_layers = 1
+        if kind == "mfcc":
+            import torchaudio
+
+            mel = {"n_fft": 2048, "hop_length": HOP, "n_mels": 128, "center": True}
+            self.mfcc = torchaudio.transforms.MFCC(sample_rate=SAMPLE_RATE, n_mfcc=20, melkwargs=mel)
+        else:
+            from mert.teachers.cqt import build_cqt
+
+            self.cqt = build_cqt("fast")
+            bins = torch.arange(self.cqt.spec.n_bins)
+            # bin k sits at C1 * 2**(k/48): 4 bins per semitone, bin 0 on a C
+            per_semitone = self.cqt.spec.bins_per_octave // 12
+            pitch_class = torch.round(bins / per_semitone).long() % 12  # (336,)
+            self.register_buffer("fold", nn.functional.one_hot(pitch_class, 12).float(), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` -> ``(1, B, T, D)`` with ``T = L // 320 + 1``."""
+        if self.kind == "mfcc":
+            import torchaudio
+
+            c = self.mfcc(wav)  # (B, 20, T)
+            c = torch.cat([c, torchaudio.functional.compute_deltas(c)], 1)  # (B, 40, T)
+        else:
+            spec = self.cqt(wav)  # (B, 336, T)
+            if self.kind == "cqt":
+                c = torch.log(spec + 1e-5)
+            else:
+                chroma = torch.einsum("bkt,kc->bct", spec, self.fold)  # (B, 12, T)
+                c = chroma / chroma.amax(1, keepdim=True).clamp_min(1e-8)
+        return c.transpose(1, 2)[None]  # (1, B, T, D)
+
+
+# ------------------------------------------------------------------------------------------------ resolution
+def _hf_identity(path: Path) -> dict[str, Any]:
+    weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return {"kind": "mert", "weights": {p.name: sha256_file(p) for p in weights}}
+
+
+def load_hf_dir(path: Path, do_normalize: bool | None = None) -> MERTFeatures:
+    from mert.model import MERT
+
+    model = MERT.from_pretrained(path, do_normalize=do_normalize)
+    ident = _hf_identity(path) | {"source": str(path.resolve()), "do_normalize": model.config.do_normalize}
+    return MERTFeatures(model, ident)
+
+
+def _checkpoint_export(path: Path) -> Path | None:
+    """The HF export belonging to a step directory, if the trainer wrote one."""
+    for candidate in (path / "export", path / "hf", path):
+        if (candidate / "config.json").is_file() and any(candidate.glob("*.safetensors")):
+            return candidate
+    return None
+
+
+def load_training_checkpoint(path: Path, do_normalize: bool | None = None) -> MERTFeatures:
+    """A ``step-XXXXXXXX/`` directory: its HF export if present, else the encoder from ``checkpoint.pt``."""
+    export = _checkpoint_export(path)
+    if export is not None:
+        return load_hf_dir(export, do_normalize)
+    ckpt = path / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise ModelSpecError(f"{path}: neither an HF export (config.json + *.safetensors) nor checkpoint.pt")
+    from mert.model import MERT, MERTConfig
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    enc = (state.get("config") or {}).get("encoder")
+    if not isinstance(enc, dict):
+        raise ModelSpecError(f"{ckpt}: no config.encoder in the checkpoint (cannot rebuild the encoder)")
+    fields = {f.name for f in dataclasses.fields(MERTConfig)}
+    cfg = MERTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in enc.items() if k in fields})
+    if do_normalize is not None:
+        cfg = dataclasses.replace(cfg, do_normalize=do_normalize)
+    model = MERT(cfg)
+    weights = {k[len("mert.") :]: v for k, v in state["model"].items() if k.startswith("mert.")}
+    model.load_state_dict(weights, strict=True)
+    ident = {"kind": "mert", "checkpoint": sha256_file(ckpt), "source": str(path.resolve())}
+    return MERTFeatures(model, ident | {"do_normalize": cfg.do_normalize})
+
+
+def random_model(preset: str, seed: int = 0) -> MERTFeatures:
+    """A seeded random-init encoder of a preset (the "is pretraining worth anything" baseline)."""
+    from mert.model import MERT, MERTConfig
+
+    cfg = MERTConfig.from_name(preset)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = MERT(cfg)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return MERTFeatures(model, {"kind": "random", "preset": preset, "seed": seed, "config": dataclasses.asdict(cfg)})
+
+
+def resolve_registry(spec: str) -> Path:
+    """``models:/name@alias`` -> local HF directory via ``mert.tracking.download_model`` (if it exists)."""
+    try:
+        from mert import tracking
+    except ImportError as e:
+        raise ModelSpecError(f"{spec}: registry URIs need mert/tracking.py, which is not available ({e})") from e
+    if not hasattr(tracking, "download_model"):
+        raise ModelSpecError(f"{spec}: mert.tracking has no download_model(uri) -> Path; cannot resolve the URI")
+    return Path(tracking.download_model(spec))
+
+
+def load_model(spec: str, do_normalize: bool | None = None) -> FeatureModel:
+    """Resolve a MODEL spec (see the module docstring) into an eval-mode :class:`FeatureModel`.
+
+    Args:
+        spec: the MODEL string.
+        do_normalize: override the per-clip waveform normalisation of MERT models (``None``: the model's own).
+
+    Raises:
+        ModelSpecError: for anything that does not resolve, saying what was tried.
+    """
+    if spec in HANDCRAFTED:
+        return Handcrafted(spec)
+    if spec.startswith("random:"):
+        preset, _, seed = spec[len("random:") :].partition("@")
+        try:
+            return random_model(preset, int(seed or 0))
+        except (KeyError, ValueError) as e:
+            raise ModelSpecError(f"{spec}: {e}") from e
+    if spec.startswith("models:/"):
+        model = load_hf_dir(resolve_registry(spec), do_normalize)
+        model.identity["registry_uri"] = spec
+        return model
+    path = Path(spec)
+    if not path.is_dir():
+        raise ModelSpecError(
+            f"{spec!r} is not a directory, a models:/ URI, random:<preset> or one of {list(HANDCRAFTED)}"
+        )
+    if (path / "checkpoint.pt").is_file() or path.name.startswith("step-"):
+        return load_training_checkpoint(path, do_normalize)
+    if (path / "config.json").is_file():
+        return load_hf_dir(path, do_normalize)
+    raise ModelSpecError(f"{path}: no config.json (HF layout) and no checkpoint.pt (training checkpoint)")
+
+
+def describe(model: FeatureModel) -> str:
+    return json.dumps(model.identity, sort_keys=True, default=str)[:200]

@@ -1,0 +1,69 @@
+"""The ``probe`` section of ``params.yaml``: probing protocol, extraction and dataset locations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mert.params import section
+from mert.probe.sweep import SweepConfig
+
+REFERENCE_LRS = [5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]
+"""MARBLE's LR grid (reference section 5)."""
+
+
+@section("probe")
+@dataclass
+class ProbeParams:
+    """Probing settings (``mert probe``; reference section 5 for the protocol values)."""
+
+    lrs: list[float] = field(default_factory=lambda: list(REFERENCE_LRS))
+    """Learning-rate grid; every (layer, LR) pair is trained and the best is picked by validation."""
+    max_epochs: int = 100
+    """Epoch cap (early stopping usually ends sooner)."""
+    patience: int = 10
+    """Epochs without a validation improvement before stopping."""
+    batch_size: int = 64
+    """Probe batch size (windows, or clips for frame-level tasks)."""
+    hidden: int = 512
+    """MLP hidden width."""
+    dropout: float = 0.2
+    """MLP dropout."""
+    seed: int = 0
+    """Seed of probe init and batch order."""
+    weighted_sum: bool = True
+    """Also train the learnable softmax-weighted sum of all layers."""
+    window_seconds: float = 5.0
+    """Clip-level window (MARBLE: 5 s; adapters override it, e.g. 30 s for MTG-Jamendo)."""
+    min_window_seconds: float = 1.0
+    """A trailing window shorter than this is dropped (unless it is the clip's only one)."""
+    beat_tolerance: float = 0.07
+    """Beat F-measure tolerance in seconds (mir_eval default 70 ms; MARBLE's table uses 0.02)."""
+    threads: int = 1
+    """Torch intra-op threads while training probes (0 = torch default); probes are tiny, threads mostly spin."""
+    extract_batch_size: int = 8
+    """Windows per forward pass of the backbone."""
+    cache_dir: str = "data/probe-cache"
+    """Feature cache root ("" disables the cache)."""
+    cache_dtype: Literal["float32", "float16"] = "float32"
+    """On-disk dtype of cached features."""
+    device: str = "cpu"
+    """Torch device for extraction."""
+    do_normalize: bool | None = None
+    """Per-clip waveform normalisation of MERT inputs (null: the checkpoint's preprocessor config)."""
+    lstm_hidden: int = 512
+    """Separation probe: BiLSTM units per direction (reference: 512)."""
+    lstm_layers: int = 3
+    """Separation probe: stacked BiLSTM layers (reference: 3)."""
+    datasets: dict[str, str] = field(default_factory=dict)
+    """MARBLE task name -> dataset root in its native layout (see mert/probe/DATASETS.md)."""
+
+    def __post_init__(self) -> None:
+        if not self.lrs or any(lr <= 0 for lr in self.lrs):
+            raise ValueError("lrs must be a non-empty list of positive learning rates")
+        if self.window_seconds <= 0 or self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ValueError("window_seconds, max_epochs, patience and batch_size must be positive")
+
+    def sweep_config(self) -> SweepConfig:
+        return SweepConfig(tuple(self.lrs), self.max_epochs, self.patience, self.batch_size, self.hidden,
+                           self.dropout, self.seed, self.weighted_sum, self.beat_tolerance, self.threads)  # fmt: skip

@@ -1,0 +1,75 @@
+"""MODEL spec resolution: random init, handcrafted 75 Hz features, HF dirs, training checkpoints, registry URIs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mert.model import MERT, MERTConfig
+from mert.probe.models import ModelSpecError, load_model
+
+
+def test_random_model_is_seeded_and_does_not_touch_global_rng():
+    wav = torch.randn(1, 24000)
+    state = torch.random.get_rng_state()
+    a, b, c = load_model("random:mert-tiny"), load_model("random:mert-tiny"), load_model("random:mert-tiny@1")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    ha, hb, hc = a(wav), b(wav), c(wav)
+    assert ha.shape == (3, 1, 74, 32)  # hidden_states[0..2] of the 2-layer tiny preset, 74 frames per second
+    assert torch.equal(ha, hb) and not torch.allclose(ha, hc)
+    assert a.identity_hash == b.identity_hash != c.identity_hash
+
+
+@pytest.mark.parametrize(("spec", "dim"), [("mfcc", 40), ("chroma", 12), ("cqt", 336)])
+def test_handcrafted_features_at_75_hz(spec, dim):
+    model = load_model(spec)
+    h = model(torch.randn(2, 24000) * 0.1)
+    assert model.n_layers == 1 and h.shape == (1, 2, 24000 // 320 + 1, dim)
+    assert torch.isfinite(h).all()
+
+
+def test_chroma_peaks_on_the_played_pitch_class():
+    t = torch.arange(24000) / 24000
+    a440 = torch.sin(2 * torch.pi * 440.0 * t)[None]
+    chroma = load_model("chroma")(a440)[0, 0]  # (T, 12), C = 0
+    assert int(chroma[20:-20].mean(0).argmax()) == 9  # A
+
+
+def test_hf_dir_and_training_checkpoint(tmp_path):
+    torch.manual_seed(3)
+    mert = MERT(MERTConfig.from_name("mert-tiny")).eval()
+    wav = torch.randn(1, 12000)
+    expected = torch.stack(mert(wav, output_hidden_states=True).hidden_states)
+    mert.save_pretrained(tmp_path / "hf")
+    assert torch.allclose(load_model(str(tmp_path / "hf"))(wav), expected, atol=1e-6)
+
+    step = tmp_path / "checkpoints" / "step-00000010"
+    step.mkdir(parents=True)
+    state = {f"mert.{k}": v for k, v in mert.state_dict().items()} | {"head.w": torch.zeros(1)}
+    cfg = {"encoder": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(mert.config).items()}}
+    torch.save({"model": state, "config": cfg}, step / "checkpoint.pt")
+    from_ckpt = load_model(str(step))
+    assert torch.allclose(from_ckpt(wav), expected, atol=1e-6)
+    assert from_ckpt.identity["checkpoint"] != load_model(str(tmp_path / "hf")).identity.get("checkpoint")
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(ModelSpecError, match="not a directory"):
+        load_model("nonsense")
+    with pytest.raises(ModelSpecError, match="no config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(ModelSpecError, match="random:no-such"):
+        load_model("random:no-such-preset")
+    (tmp_path / "step-00000001").mkdir()
+    with pytest.raises(ModelSpecError, match="neither an HF export"):
+        load_model(str(tmp_path / "step-00000001"))
+
+
+def test_registry_uri_without_tracking_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mert.tracking", None)  # import fails like a missing module
+    with pytest.raises(ModelSpecError, match="models:/mert@candidate: registry URIs need mert/tracking.py"):
+        load_model("models:/mert@candidate")
