@@ -22,7 +22,11 @@ def build_teacher(params, corpus_dir: str | Path | None = None, labels_dir: str 
 
 
 def build_kmeans_teacher(params, corpus_dir: str | Path | None = None, labels_dir: str | Path | None = None):
-    """Load ``label.kmeans.model``, or the model fitted earlier on this corpus, or fit and save one."""
+    """Load ``label.kmeans.model``, or the model fitted earlier on this corpus, or fit and save one.
+
+    The fit is seeded, so processes on one machine that label shards of the same corpus fit the
+    same model. Across machines (different BLAS) fit once and pass ``label.kmeans.model``.
+    """
     from mert.teachers.kmeans import MODEL_FILE, KMeansModel, KMeansTeacher, fit_kmeans
     from mert.utils.io import sha256_json
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -183,8 +184,11 @@ def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto``: CUDA if available (``cuda:$LOCAL_RANK`` under torchrun), else CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TeacherError(f"device {device!r} requested but CUDA is not available")
@@ -350,6 +354,8 @@ def _encode_all(corpus, todo, windows, teacher, asm: _Assembler, s: LabelSummary
             t = time.perf_counter()
             codes = teacher.encode(wav.to(dev, non_blocking=True), lengths.to(dev)).cpu().numpy()  # (B, K, F)
             s.encode_seconds += time.perf_counter() - t
+            if codes.size and (codes.min() < 0 or codes.max() >= teacher.codebook_size):
+                raise TeacherError(f"{teacher.name} returned codes outside [0, {teacher.codebook_size})")
             s.batches += 1
             for w, c in zip(group, codes):
                 if asm.add(w, c):

@@ -1,13 +1,15 @@
 """The labelling driver and the label store, with a cheap deterministic teacher."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from mert.data import shards as S
-from mert.teachers.base import student_frames
+from mert.params import ParamsError, load_section
+from mert.teachers.base import TeacherError, student_frames
 from mert.teachers.label_run import label_array, label_corpus
 from mert.teachers.labels import LabelError, LabelStore
 from mert.utils.io import atomic_save_npy, read_csv
@@ -148,3 +150,21 @@ def test_store_refuses_another_teacher_in_its_directory(corpus_dir, tmp_path):
     ident = {**t.identity(), "hash": "f" * 64}
     with pytest.raises(LabelError, match="holds teacher"):
         LabelStore.create(tmp_path / "labels", t.key, ident)
+
+
+def test_codes_outside_the_codebook_are_an_error(corpus_dir, tmp_path):
+    t = EnergyTeacher()
+    t.codebook_size = 2  # the energy codes go up to 63
+    with pytest.raises(TeacherError, match="outside"):
+        run(corpus_dir, tmp_path / "labels", t)
+
+
+def test_label_params_section(tmp_path):
+    p = load_section("label", Path(__file__).parents[2] / "params.yaml")
+    assert p.teacher == "rvq" and p.rvq.bandwidth == 6.0 and p.kmeans.features == ["mfcc"]
+    (tmp_path / "p.yaml").write_text("label:\n  rvq:\n    weigths: random\n")
+    with pytest.raises(ParamsError, match="weigths"):
+        load_section("label", tmp_path / "p.yaml")
+    (tmp_path / "p.yaml").write_text("label:\n  kmeans:\n    features: [mfcc, chroma]\n    n_clusters: [10]\n")
+    with pytest.raises(ParamsError, match="one value"):
+        load_section("label", tmp_path / "p.yaml")

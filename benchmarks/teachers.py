@@ -1,0 +1,175 @@
+"""Teacher labelling throughput: the `label_corpus` pipeline vs a plain per-file `model.encode` loop.
+
+Rows, on the same clips (EnCodec 24 kHz at 6 kbps; random-projection weights unless --weights):
+
+* ``plain loop``: what one writes first: for each file, read it and call ``model.encode`` on the
+  whole file (one file per forward, no chunking, nothing written).
+* ``bare batched encode``: the bound: ``teacher.encode`` on the pipeline's own batches, audio
+  already in memory, no I/O or bookkeeping (timed encode calls only).
+* ``pipeline``: ``label_corpus`` end to end (read shards, window, batch, encode, assemble, write
+  atomically), into an empty labels directory. Goal: within 10% of the bound.
+
+Also prints the agreement of the pipeline's (chunked, batched) labels with the plain loop's, and,
+when ``benchmarks/cqt.py`` exists, its CQT rows. Usage::
+
+    .venv/bin/python benchmarks/teachers.py [--clips 8] [--seconds 40] [--batch 8] [--weights random]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mert.data import shards as S
+from mert.data.synth import KEYS, TIMBRES, music
+from mert.teachers.base import student_frames
+from mert.teachers.label_run import label_corpus, plan_windows
+from mert.teachers.labels import LabelStore
+from mert.teachers.rvq import build_rvq_teacher
+from mert.utils.io import atomic_save_npy
+
+SR = 24_000
+
+
+def write_corpus(root: Path, n: int, seconds: float, seed: int = 0) -> S.Corpus:
+    """``n`` synthetic music clips of ``seconds`` +- 20%, two per shard, in the ingested format."""
+    rng = np.random.default_rng(seed)
+    S.write_corpus_meta(root, SR)
+    (root / S.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    clips, parts = [], []
+    for i in range(n):
+        secs = seconds * rng.uniform(0.8, 1.2)
+        x = music(secs, SR, KEYS[i % len(KEYS)], 120.0, list(rng.choice(TIMBRES, 2)), rng, True)
+        x = (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+        sha = hashlib.sha256(x.tobytes()).hexdigest()
+        shard = S.shard_name(i // 2)
+        off = sum(len(p) for p in parts) if i % 2 else 0
+        parts = [x] if i % 2 == 0 else [*parts, x]
+        clips.append(S.Clip(sha[:16], f"{i}.wav", sha, len(x) / SR, SR, 1, "WAV", shard, off, len(x)))
+        if i % 2 or i == n - 1:
+            atomic_save_npy(root / S.SHARD_DIR / shard, np.concatenate(parts))
+    S.write_manifest(root, clips)
+    return S.Corpus(root)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def plain_loop(corpus: S.Corpus, teacher, dev: torch.device) -> tuple[float, dict[str, np.ndarray]]:
+    """One ``model.encode`` per whole file; returns (wall seconds, codes per clip id)."""
+    codes = {}
+    sync(dev)
+    t0 = time.perf_counter()
+    for clip in corpus:
+        x = torch.from_numpy(corpus.audio(clip)).to(dev)
+        if teacher.rpq is None:
+            c = teacher.model.encode(x[None, None])[0][0]  # (1, K, F)
+        else:  # the random-projection teacher's quantizer replaces the (all-zero) RVQ
+            c = teacher.rpq(teacher.model.encoder(x[None, None]))
+        codes[clip.id] = c[0, :, : student_frames(clip.length)].cpu().numpy()
+    sync(dev)
+    return time.perf_counter() - t0, codes
+
+
+def bare_batched(corpus: S.Corpus, teacher, batch: int, dev: torch.device) -> float:
+    """Encode seconds of the pipeline's own batches with the audio already on the device."""
+    ctx = teacher.left_context_frames, teacher.right_context_frames
+    windows = [w for i, c in enumerate(corpus.clips) for w in plan_windows(i, c.length, teacher.chunk_frames, *ctx)]
+    windows.sort(key=lambda w: -w.length)
+    batches = []
+    for i in range(0, len(windows), batch):
+        group = windows[i : i + batch]
+        x = torch.zeros(len(group), max(w.length for w in group))
+        for j, w in enumerate(group):
+            x[j, : w.length] = torch.from_numpy(corpus.audio(corpus.clips[w.clip], w.start, w.length))
+        batches.append((x.to(dev), torch.tensor([w.length for w in group], device=dev)))
+    sync(dev)
+    t0 = time.perf_counter()
+    for x, n in batches:
+        teacher.encode(x, n).cpu()
+    sync(dev)
+    return time.perf_counter() - t0
+
+
+def encodec_rows(corpus: S.Corpus, teacher, batch: int, dev: torch.device, tmp: Path, repeats: int) -> list[dict]:
+    """Each timing is the best of ``repeats`` (the machine may be shared), interleaved."""
+    audio = corpus.total_seconds
+    teacher.to(dev)
+    teacher.encode(torch.zeros(2, SR, device=dev), torch.tensor([SR, SR], device=dev))  # warm-up
+    t_plain = t_bare = t_pipe = float("inf")
+    for r in range(repeats):
+        t, plain_codes = plain_loop(corpus, teacher, dev)
+        t_plain = min(t_plain, t)
+        t_bare = min(t_bare, bare_batched(corpus, teacher, batch, dev))
+        out = tmp / f"labels-{dev.type}-{r}"
+        s = label_corpus(corpus.root, out, teacher, batch_size=batch, device=str(dev), progress=False)
+        t_pipe = min(t_pipe, s.wall_seconds)
+    store = LabelStore.open(out)
+    agree = np.mean([(store.load(c) == plain_codes[c.id]).mean() for c in corpus])
+    name = f"EnCodec {teacher.name}"
+    return [
+        {"name": f"{name}: plain loop, model.encode per file [{dev}]", "x_realtime": audio / t_plain, "wall": t_plain},
+        {"name": f"{name}: bare batched encode (bound) [{dev}]", "x_realtime": audio / t_bare, "wall": t_bare},
+        {"name": f"{name}: pipeline label_corpus [{dev}]", "x_realtime": audio / t_pipe, "wall": t_pipe},
+        {"name": f"  pipeline / bound = {t_bare / t_pipe:.3f}, pipeline / plain = {t_plain / t_pipe:.2f}"},
+        {"name": f"  label agreement pipeline (chunked, batched) vs plain loop = {agree:.5f}"},
+    ]
+
+
+def cqt_rows(seconds: float, batch: int) -> list[dict]:
+    path = Path(__file__).with_name("cqt.py")
+    if not path.exists():
+        return [{"name": "CQT: benchmarks/cqt.py not found (skipped)"}]
+    spec = importlib.util.spec_from_file_location("benchmarks_cqt", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return [{**r, "name": f"CQT {r['name']}"} for r in mod.run(seconds=seconds, batch=batch)]
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'':78s} {'x realtime':>10s} {'wall s':>8s} {'ms/clip':>8s} {'max rel err':>11s}")
+    for r in rows:
+        cells = [f"{r[k]:{w}.{p}f}" if k in r else " " * w for k, w, p in (("x_realtime", 10, 1), ("wall", 8, 1))]
+        cells += [f"{r['ms_per_clip']:8.1f}" if "ms_per_clip" in r else " " * 8]
+        cells += [f"{r['max_rel_err']:11.2e}" if "max_rel_err" in r else ""]
+        print(f"{r['name']:78s} " + " ".join(cells))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=40.0, help="mean clip length (long clips are chunked)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--weights", default="random", help="random | pretrained | PATH")
+    ap.add_argument("--repeats", type=int, default=2, help="best of N for each EnCodec timing")
+    ap.add_argument("--cqt-seconds", type=float, default=5.0)
+    ap.add_argument("--no-cqt", action="store_true")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
+    teacher = build_rvq_teacher(args.weights)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = write_corpus(Path(tmp) / "corpus", args.clips, args.seconds)
+        print(f"{len(corpus)} clips, {corpus.total_seconds:.0f} s of audio, batch {args.batch}")
+        for dev in devices:
+            rows += encodec_rows(corpus, teacher, args.batch, dev, Path(tmp), args.repeats)
+    if not args.no_cqt:
+        rows += cqt_rows(args.cqt_seconds, args.batch)
+    print_rows(rows)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
