@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from mert.cli import add_params_arg
@@ -37,7 +38,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     res = pretrain(
         args.corpus, args.labels, args.out, params, max_steps=args.max_steps, device=args.device, run_id=args.run_id
     )
-    print(json.dumps(res, indent=2, default=str))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(json.dumps(res, indent=2, default=str))
     return 0
 
 

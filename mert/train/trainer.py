@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -49,6 +50,14 @@ def slot_seed(seed: int, step: int, slot: int) -> int:
     return int(np.random.SeedSequence([seed, 2, step, slot]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+@functools.lru_cache(maxsize=4)
+def _cqt(kind: str, device: str) -> torch.nn.Module:
+    """The frozen CQT target module, built once per process (building its kernel spectra takes seconds)."""
+    from mert.teachers.cqt import build_cqt
+
+    return build_cqt(kind, device=device).eval()
+
+
 class Trainer:
     """MERT pretraining on one rank.
 
@@ -85,9 +94,7 @@ class Trainer:
         self.encoder_config = MERTConfig.from_name(p.model, **p.model_overrides)
         self.objective = self._objective()
         self._check_labels()
-        from mert.teachers.cqt import build_cqt
-
-        self.cqt = build_cqt(p.cqt, device=dev).eval()
+        self.cqt = _cqt(p.cqt, str(dev))
         self.raw_model = MERTPretrainingModel(self.encoder_config, self.objective).to(dev)
         self.model = wrap_model(self.raw_model, self.info, p.parallel, find_unused=self.encoder_config.layerdrop > 0)
         if p.compile:
@@ -200,8 +207,8 @@ class Trainer:
                 t_last, sec_acc = time.perf_counter(), 0.0
             if p.val_interval and self.step % p.val_interval == 0 and self.step < p.max_steps:
                 self._log(self.validate())
-            if self.step % p.save_interval == 0 or self.step == p.max_steps:
-                self.save_checkpoint()
+            if (self.step % p.save_interval == 0 or self.step == p.max_steps) and not self.consecutive_skips:
+                self.save_checkpoint()  # never during a run of non-finite steps: the last good one stays newest
         final = self.validate()
         self._log(final)
         return {
@@ -230,8 +237,8 @@ class Trainer:
             last = ckpt.latest_checkpoint(self.ckpt_dir)
             raise TrainingDiverged(
                 f"{self.consecutive_skips} consecutive steps with a non-finite loss or gradient (up to step "
-                f"{self.step}); stopping. The last good checkpoint is {last} (nothing was saved after the "
-                "divergence). Lower the learning rate or check the data, then rerun to resume from it."
+                f"{self.step}); stopping. The last good checkpoint is {last} (nothing is saved during a run of "
+                "non-finite steps). Lower the learning rate or check the data, then rerun to resume from it."
             )
 
     def _log_train(self, metrics: dict[str, torch.Tensor], audio_rate: float, wait: float) -> None:

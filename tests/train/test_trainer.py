@@ -1,0 +1,118 @@
+import math
+
+import pytest
+import torch
+
+from mert.data.shards import Corpus
+from mert.train import checkpoint as ckpt
+from mert.train.distributed import DistInfo
+from mert.train.labels import HashLabels
+from mert.train.optim import lr_factor
+from mert.train.trainer import Trainer, TrainingDiverged
+from tests.train.conftest import tiny_profile
+
+
+class ListLogger:
+    def __init__(self):
+        self.rows, self.config, self.closed = [], None, None
+
+    def log_dict(self, metrics, step):
+        self.rows.append((step, dict(metrics)))
+
+    def log_config(self, config):
+        self.config = config
+
+    def close(self, status="FINISHED"):
+        self.closed = status
+
+
+def make(corpus_dir, out, logger=None, **kw):
+    return Trainer(tiny_profile(**kw), Corpus(corpus_dir), HashLabels(8, 1024), out, DistInfo(), logger).setup()
+
+
+def weights(trainer):
+    return {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+
+
+def test_fit_logs_metrics_saves_and_exports(corpus_dir, tmp_path):
+    logger = ListLogger()
+    t = make(corpus_dir, tmp_path, logger, max_steps=4)
+    res = t.fit()
+    t.close()
+    assert res["step"] == 4 and res["checkpoint"] == tmp_path / "checkpoints/step-00000004/checkpoint.pt"
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [2, 4]  # keep_last=2
+    train = [m for _, m in logger.rows if "optim/lr" in m]
+    assert len(train) == 4
+    keys = set(train[0])
+    for k in (
+        "train/loss/total",
+        "train/loss/rvq_ce",
+        "train/loss/cqt_mse",
+        "train/loss/feature_pen",
+        "optim/grad_norm",
+        "optim/lr",
+        "perf/audio_sec_per_sec",
+        "train/skipped_steps",
+    ):
+        assert k in keys, k
+    assert {f"train/acc/rvq_{k}" for k in range(8)} <= keys
+    assert "val/loss/total" in logger.rows[-1][1] and logger.config["profile"]["crop_samples"] == 9600
+    assert (res["export"] / "config.json").exists() and (res["export"] / "model.safetensors").exists()
+    assert logger.closed == "FINISHED"
+
+
+def test_lr_schedule_warmup_then_linear_decay():
+    p = tiny_profile(warmup_steps=10, max_steps=110, lr=1.0)
+    assert lr_factor(0, p) == pytest.approx(0.1) and lr_factor(9, p) == pytest.approx(1.0)
+    assert lr_factor(60, p) == pytest.approx(0.5) and lr_factor(110, p) == pytest.approx(0.0)
+
+
+def test_checkpoint_is_self_describing_and_weights_only(corpus_dir, tmp_path):
+    t = make(corpus_dir, tmp_path, max_steps=2)
+    t.fit()
+    state = ckpt.load_checkpoint(tmp_path / "checkpoints/step-00000002/checkpoint.pt")  # weights_only=True
+    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "train_state", "data", "rng", "config"}
+    assert state["train_state"]["step"] == 2 and state["train_state"]["samples"] == 4
+    assert state["data"]["next_step"] == 2 and set(state["rng"]) >= {"python", "numpy", "torch"}
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+    assert (tmp_path / "checkpoints/step-00000002/config.json").exists()
+
+
+def test_resume_in_process_is_exact(corpus_dir, tmp_path):
+    full = make(corpus_dir, tmp_path / "a", max_steps=4)
+    full.fit()
+    first = make(corpus_dir, tmp_path / "b", max_steps=2)
+    first.fit()
+    resumed = make(corpus_dir, tmp_path / "b", max_steps=4)
+    assert resumed.step == 2
+    resumed.fit()
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_incomplete_checkpoint_dir_is_ignored(tmp_path):
+    (tmp_path / "step-00000009").mkdir()
+    ckpt.save_checkpoint(tmp_path, 3, {"x": torch.ones(1)}, keep_last=1)
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-00000003/checkpoint.pt"
+    assert not (tmp_path / "step-00000009").exists()
+
+
+def test_non_finite_steps_are_skipped_then_stop(corpus_dir, tmp_path, monkeypatch):
+    t = make(corpus_dir, tmp_path, max_steps=10, max_consecutive_skips=3)
+    orig = t._forward
+
+    def poisoned(batch):
+        out = orig(batch)
+        if batch.step >= 2:  # from step 3 on the loss is NaN
+            out.loss = out.loss * math.nan
+            out.metrics["loss/total"] = out.metrics["loss/total"] * math.nan
+        return out
+
+    monkeypatch.setattr(t, "_forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps.*step-00000002"):
+        t.fit()
+    good = ckpt.load_checkpoint(tmp_path / "checkpoints/step-00000002/checkpoint.pt")
+    assert t.skipped == 3 and t.step == 5
+    # The skipped steps changed nothing: the weights are still those of the last good step.
+    assert all(torch.equal(good["model"][k], v.cpu()) for k, v in t.raw_model.state_dict().items())
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [2]
