@@ -6,7 +6,12 @@ each stage exists once. Stages never import Prefect and never decide what runs n
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from mert.data.ingest import IngestParams, IngestSummary, ingest
 from mert.data.synth import DemoParams, generate
@@ -22,3 +27,45 @@ def ingest_corpus(
 ) -> IngestSummary:
     """Ingest ``src`` (a directory tree of audio) into the sharded corpus ``out``."""
     return ingest(src, out, params, progress=progress)
+
+
+def label(corpus: str | Path, labels: str | Path, params=None, *, shard_index: int = 0, num_shards: int = 1,
+          progress: bool = True):  # fmt: skip
+    """Teacher-label the corpus (the ``label`` section picks the teacher); one block of ``num_shards``."""
+    from mert.teachers.config import LabelParams
+    from mert.teachers.label_run import run_label
+
+    return run_label(corpus, labels, params or LabelParams(), shard_index=shard_index, num_shards=num_shards,
+                     progress=progress)  # fmt: skip
+
+
+def pretrain(corpus: str | Path, labels: str | Path, out: str | Path, params=None, *, nproc_per_node: int = 1,
+             params_file: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:  # fmt: skip
+    """Pretrain (or resume) on ``corpus`` + ``labels`` into ``out``; returns the run's result dict.
+
+    With ``nproc_per_node > 1`` the same entry point is launched under ``torchrun`` (DDP/FSDP as the
+    profile says, ``params_file`` passed on) and the result is read from ``out/result.json`` written by rank 0.
+    """
+    from mert.train.api import RESULT_FILE
+    from mert.train.api import pretrain as _pretrain
+
+    if nproc_per_node <= 1:
+        return _pretrain(corpus, labels, out, params, **kwargs)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}", "-m", "mert.cli",
+           "pretrain", str(corpus), str(labels), str(out)]  # fmt: skip
+    if params_file is not None:
+        cmd += ["--params", str(params_file)]
+    if params is not None:
+        cmd += ["--profile", params.profile]
+    for flag in ("max_steps", "device", "run_id"):
+        if kwargs.get(flag) is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(kwargs[flag])]
+    subprocess.run(cmd, check=True, env={**os.environ})
+    return json.loads((Path(out) / RESULT_FILE).read_text())
+
+
+def probe(model: str, task: str | Path, out: str | Path, params=None, **kwargs: Any) -> dict[str, Any]:
+    """Probe a frozen ``model`` on ``task`` layer by layer; writes ``out`` (results.json) + plot + metrics."""
+    from mert.probe.api import probe as _probe
+
+    return _probe(model, task, out, params, **kwargs)

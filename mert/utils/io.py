@@ -109,3 +109,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def sha256_json(obj: Any) -> str:
     """Stable hex SHA-256 of a JSON-serialisable object (keys sorted)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """A cheap content fingerprint of a file or directory tree (relative path, size, mtime per file).
+
+    Used as a cache key by orchestration (Prefect); not a security hash. Missing paths give ``"missing"``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    if path.is_file():
+        st = path.stat()
+        return sha256_json([path.name, st.st_size, st.st_mtime_ns])
+    entries = []
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and not p.name.startswith(TMP_PREFIX):
+            st = p.stat()
+            entries.append([p.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns])
+    return sha256_json(entries)

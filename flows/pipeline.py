@@ -1,0 +1,131 @@
+"""The ``mert-pipeline`` Prefect flow: ingest -> label -> pretrain (per scale) -> probe -> promote.
+
+Thin by design: every task calls one function of :mod:`mert.stages` with paths and a params section;
+the flow only wires outputs to inputs, fans labelling out over shards, and publishes artifacts.
+Run it directly (``python -m flows.pipeline``, an ephemeral local Prefect) or as a deployment
+(``prefect deployment run 'mert-pipeline/demo'``, see ``prefect.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
+
+from mert import stages
+from mert.params import load_params
+from mert.utils.io import fingerprint, sha256_json
+
+DEMO_SOURCE = "data/demo/raw"
+
+
+def _key(stage: str, params: Any, *paths: str) -> str:
+    """Cache key: the stage, its params section and the content fingerprints of its input paths."""
+    section = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else params
+    return sha256_json([stage, section, [fingerprint(p) for p in paths]])
+
+
+@task(name="demo-corpus", retries=1, persist_result=True,
+      cache_key_fn=lambda ctx, a: _key("demo", a["params"], "mert/data/synth.py") + fingerprint(a["out"]))  # fmt: skip
+def demo_task(out: str, params) -> str:
+    return str(stages.demo_corpus(out, params))
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5)
+def ingest_task(source: str, out: str, params) -> dict:
+    summary = stages.ingest_corpus(source, out, params, progress=False).as_dict()
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "reasons")
+    reasons = ", ".join(f"{k} x{v}" for k, v in summary["reasons"].items()) or "none"
+    md = f"## Ingest `{source}` -> `{out}`\n\n| | |\n|---|---|\n{rows}\n\nrejected: {reasons}"
+    create_markdown_artifact(key="ingest-summary", description=f"ingest {source}", markdown=md)
+    return summary
+
+
+@task(name="label-shard", retries=2, retry_delay_seconds=5)
+def label_task(corpus: str, labels: str, params, shard_index: int, num_shards: int) -> dict:
+    return stages.label(corpus, labels, params, shard_index=shard_index, num_shards=num_shards,
+                        progress=False).as_dict()  # fmt: skip
+
+
+@task(name="pretrain", retries=1, retry_delay_seconds=10)  # a retry resumes from the newest checkpoint
+def pretrain_task(corpus: str, labels: str, out: str, params, nproc_per_node: int, params_file: str,
+                  max_steps: int | None) -> dict:  # fmt: skip
+    return stages.pretrain(corpus, labels, out, params, nproc_per_node=nproc_per_node, params_file=params_file,
+                           max_steps=max_steps)  # fmt: skip
+
+
+@task(name="probe", retries=1)
+def probe_task(model: str, task_dir: str, out: str, params) -> dict:
+    r = stages.probe(model, task_dir, out, params)
+    return {k: r[k] for k in ("task", "metric", "best_layer", "valid_score", "test_score")} | {"model": model}
+
+
+def _probe_table(rows: list[dict]) -> None:
+    create_table_artifact(key="probe-scores", table=rows, description="test score at the best validation layer")
+
+
+@flow(name="mert-pipeline", log_prints=True)
+def mert_pipeline(
+    params_file: str = "params.yaml",
+    profiles: list[str] | None = None,
+    probe_tasks: list[str] | None = None,
+    baselines: list[str] | None = None,
+    label_shards: int = 1,
+    nproc_per_node: int = 1,
+    max_steps: int | None = None,
+    workdir: str | None = None,
+) -> dict[str, Any]:
+    """Run the whole pipeline with ``params_file`` (paths are relative to ``workdir``, default cwd).
+
+    Args:
+        params_file: the single source of parameters.
+        profiles: pretraining profiles to train (default: ``pretrain.profile``); e.g. ``["mert-95m", "mert-330m"]``.
+        probe_tasks: task directories to probe (default: the demo corpus's tasks when the demo is the source).
+        baselines: handcrafted/random baselines probed beside each model (e.g. ``["mfcc", "random:mert-tiny"]``).
+        label_shards: split labelling into this many tasks (run concurrently by the task runner).
+        nproc_per_node: > 1 launches pretraining under torchrun (one process per GPU).
+        max_steps: override the profiles' step count (smoke tests).
+        workdir: project directory (deployments pass ``$MERT_PROJECT_DIR``).
+    """
+    log = get_run_logger()
+    if workdir:
+        os.chdir(workdir)
+    P = load_params(params_file)
+    corpus, source = P["corpus"].dir, P["corpus"].source
+    labels = "data/labels"
+    if source == DEMO_SOURCE:
+        demo_task(str(Path(source).parent), P["demo"])
+    summary = ingest_task(source, corpus, P["ingest"])
+    log.info("corpus %s: %d files, %.1f min", corpus, summary["corpus_files"], summary["corpus_seconds"] / 60)
+    shards = label_task.map(unmapped(corpus), unmapped(labels), unmapped(P["label"]), list(range(label_shards)),
+                            unmapped(label_shards))  # fmt: skip
+    label_summaries = [s.result() for s in shards]
+    results: dict[str, Any] = {"ingest": summary, "label": label_summaries, "pretrain": {}, "probe": []}
+    for profile in profiles or [P["pretrain"].profile]:
+        params = dataclasses.replace(P["pretrain"], profile=profile)
+        res = pretrain_task(corpus, labels, f"data/pretrain/{profile}", params, nproc_per_node, params_file, max_steps)
+        results["pretrain"][profile] = res
+        model = (f"models:/{res['registered_model']}/{res['registered_version']}" if res.get("registered_version")
+                 else res["export"])  # fmt: skip
+        for task_dir in probe_tasks if probe_tasks is not None else _demo_tasks(source):
+            for spec in [model, *(baselines or [])]:
+                name = spec.replace(":", "_").replace("/", "_")
+                out = f"data/probe/{profile}/{Path(task_dir).name}/{name}.json"
+                results["probe"].append(probe_task(spec, task_dir, out, P["probe"]))
+    if results["probe"]:
+        _probe_table(results["probe"])
+    return results
+
+
+def _demo_tasks(source: str) -> list[str]:
+    root = Path(source).parent / "tasks"
+    return sorted(str(p) for p in root.iterdir() if p.is_dir()) if source == DEMO_SOURCE and root.exists() else []
+
+
+if __name__ == "__main__":
+    mert_pipeline()
