@@ -1,4 +1,4 @@
-"""CLI: ``mert probe`` (per-layer probing of a frozen model on a task)."""
+"""CLI: ``mert probe`` (per-layer probing of a frozen model on a task) and ``mert promote``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params_arg(p)
     p.set_defaults(handler=_probe)
 
+    p = sub.add_parser("promote", help="move the champion alias to the candidate if it wins on the chosen probe tasks")
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--tasks", nargs="+", required=True, help="probe task names to compare (results.json 'task')")
+    p.add_argument("--candidate", default="candidate", help="candidate alias (default: %(default)s)")
+    p.add_argument("--champion", default="champion", help="champion alias (default: %(default)s)")
+    p.add_argument("--min-delta", type=float, default=0.0, dest="min_delta", help="required mean score gain")
+    p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow tracking URI")
+    p.add_argument("--dry-run", action="store_true", help="decide and explain, but do not move the alias")
+    p.set_defaults(handler=_promote)
+
 
 def _probe(args: argparse.Namespace) -> int:
     from mert.params import load_section
@@ -38,8 +48,20 @@ def _probe(args: argparse.Namespace) -> int:
     if args.mlflow:
         from mert.probe.tracking import log_probe
 
-        log_probe(report, args.out)
+        run_id = log_probe(report, args.out)
+        print(f"MLflow run {run_id}")
     print(f"{report['task']} [{report['task_kind']}] {args.model}: best layer {report['best_layer']}, "
           f"test {report['metric']} {report['test_score']:.4f} (valid {report['valid_score']:.4f}); "
           f"clips {report['n_clips']}, skipped {report['n_skipped']} -> {args.out}")  # fmt: skip
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from mert.probe.tracking import promote
+
+    d = promote(args.name, args.tasks, args.candidate, args.champion, args.min_delta, args.tracking_uri, args.dry_run)
+    for row in d.rows:
+        print(f"  {row['task']:<24} candidate {row['candidate']}  champion {row['champion']}")
+    verdict = "promoted" if d.promoted and not args.dry_run else ("would promote" if d.promoted else "kept champion")
+    print(f"{args.name}: {verdict} (candidate v{d.candidate}, champion v{d.champion}): {d.reason}")
     return 0

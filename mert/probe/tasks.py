@@ -8,7 +8,7 @@ Two generic layouts are read here (the 14 MARBLE datasets' native layouts are in
 * a CSV manifest ``ROOT/manifest.csv`` (or ``ROOT/*.csv`` when there is exactly one) with columns
   ``path,split,...``: ``label`` (multi-class), ``labels`` (multi-label, ``;``-separated), ``beats``
   (beat times in seconds, ``;``-separated), any other column numeric (regression targets).
-  ``path`` is relative to ``ROOT``.
+  ``path`` is relative to ``ROOT``. Kind inference: see :func:`infer_kind`.
 
 Task kinds: ``multiclass``, ``key`` (24 major/minor keys in mir_eval names; weighted key score),
 ``pitch`` (128 MIDI classes), ``multilabel``, ``regression``, ``beats``, ``separation``. ``key`` and
@@ -19,6 +19,7 @@ class tasks a label that never occurs in ``train`` is an error (the probe could 
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from mert.audio import AUDIO_LIKE
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 KINDS = ("multiclass", "key", "pitch", "multilabel", "regression", "beats", "separation")
@@ -207,13 +210,23 @@ def read_manifest(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def infer_kind(header: list[str], rows: list[dict[str, str]]) -> str:
-    """``beats`` > ``labels`` > ``label`` (``key`` if every label is a mir_eval key) > ``regression``."""
+    """``beats`` > ``labels`` > ``label`` > ``regression``.
+
+    A ``label`` column gives ``key`` if every label is a mir_eval key name, ``pitch`` if every label is an
+    integer MIDI number (0-127), else ``multiclass`` (force ``multiclass`` for integer class ids).
+    """
     if "beats" in header:
         return "beats"
     if "labels" in header:
         return "multilabel"
     if "label" in header:
-        return "key" if rows and all(r["label"] in KEYS for r in rows) else "multiclass"
+        labels = {r["label"] for r in rows}
+        if labels and labels <= set(KEYS):
+            return "key"
+        if labels and all(v.isdigit() and int(v) < 128 for v in labels):
+            log.info("labels are MIDI numbers: a 128-class pitch task (force 'multiclass' for plain class ids)")
+            return "pitch"
+        return "multiclass"
     return "regression"
 
 

@@ -1,0 +1,66 @@
+"""MLflow logging of probes, version tags and champion promotion (sqlite store in tmp_path)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mert.probe.tracking import decide, parse_registry_uri
+
+
+def test_parse_registry_uri():
+    assert parse_registry_uri("models:/mert@candidate") == ("mert", "candidate", None)
+    assert parse_registry_uri("models:/mert-95m/3") == ("mert-95m", None, "3")
+    with pytest.raises(ValueError):
+        parse_registry_uri("models:/mert/latest")
+
+
+def test_promotion_rule_explains_itself():
+    assert decide({"key": 0.6, "pitch": 0.9}, None, 0.0) == (True, "there is no champion yet")
+    ok, why = decide({"key": 0.6, "pitch": 0.9}, {"key": 0.5, "pitch": 0.95}, 0.0)
+    assert ok and "+0.0250" in why and "better on 1/2" in why
+    ok, why = decide({"key": 0.6, "pitch": None}, {"key": 0.5, "pitch": 0.95}, 0.0)
+    assert not ok and "no probe score for ['pitch']" in why
+    assert not decide({"key": 0.51}, {"key": 0.5}, 0.05)[0]
+
+
+def _report(task: str, score: float, uri: str) -> dict:
+    return {"task": task, "task_kind": "key", "metric": "key_weighted", "test_score": score, "valid_score": score,
+            "best_layer": "1", "per_layer": {"0": 0.1, "1": score, "weighted": 0.2},
+            "per_layer_test": {"0": 0.1, "1": score, "weighted": 0.2}, "test_metrics": {"key_weighted": score},
+            "model": {"label": uri, "hash": "abc", "registry_uri": uri}, "params": {"lrs": [0.001]},
+            "n_skipped": 0}  # fmt: skip
+
+
+def test_log_probe_tags_versions_and_promote(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    from mert.cli import main
+    from mert.probe.report import write_outputs
+    from mert.probe.tracking import log_probe, promote
+    from mert.tracking import connect
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    client, _ = connect(uri, "mert-probe")
+    client.create_registered_model("mert")
+    for alias in ("champion", "candidate"):
+        v = client.create_model_version("mert", source=str(tmp_path / alias)).version
+        client.set_registered_model_alias("mert", alias, v)
+    assert promote("mert", ["key"], uri=uri).reason == "candidate has no probe score for ['key']"
+    for alias, score in (("champion", 0.5), ("candidate", 0.7)):
+        report = _report("key", score, f"models:/mert@{alias}")
+        write_outputs(report | {"task": "key"}, tmp_path / alias / "results.json")
+        run_id = log_probe(report, tmp_path / alias / "results.json", uri)
+        run = client.get_run(run_id)
+        assert run.data.metrics["test_score"] == score and run.data.tags["registered_model"] == "mert"
+        assert {a.path for a in client.list_artifacts(run_id)} >= {"results.json", "results.png"}
+    assert client.get_model_version_by_alias("mert", "candidate").tags["probe.key.key_weighted"] == "0.7"
+    assert main(["promote", "--name", "mert", "--tasks", "key", "--dry-run"]) == 0
+    assert "would promote" in capsys.readouterr().out
+    assert str(client.get_model_version_by_alias("mert", "champion").version) == "1"
+    decision = promote("mert", ["key"], uri=uri)
+    assert decision.promoted and str(client.get_model_version_by_alias("mert", "champion").version) == "2"
+    assert "already is the champion" in promote("mert", ["key"], uri=uri).reason
+    json.dumps(decision.rows)
