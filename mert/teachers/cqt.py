@@ -87,7 +87,9 @@ def nnaudio_kernels(spec: CQTSpec = MERT_CQT) -> tuple[np.ndarray, np.ndarray]:
 class ReferenceCQT(nn.Module):
     """nnAudio 0.3.4 ``features.CQT`` with MERT's parameters: the target as the original code computes it.
 
-    Frozen (kernels are buffers) and run without autograd. Slow: see :class:`FastCQT`.
+    Frozen (kernels are buffers) and run without autograd. Slow: see :class:`FastCQT`. On CUDA its
+    ``conv1d`` goes through cuDNN, which may use TF32 (``torch.backends.cudnn.allow_tf32`` is on by
+    default): the CPU output is the one to compare against.
     """
 
     def __init__(self, spec: CQTSpec = MERT_CQT):
