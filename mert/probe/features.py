@@ -54,9 +54,12 @@ class Features:
     cached: bool = False
 
 
-def cache_dir_for(root: Path, model: FeatureModel, examples: list[Example], mode: str, window: float) -> Path:
-    """``root/<model hash>/<hash of (examples, mode, window, layers)>``."""
-    task = {"examples": sorted(e.key for e in examples), "mode": mode, "window": window, "layers": "all"}
+def cache_dir_for(
+    root: Path, model: FeatureModel, examples: list[Example], mode: str, window: float, min_window: float
+) -> Path:
+    """``root/<model hash>/<hash of (examples, mode, windowing, layers)>``."""
+    windowing = {"window": window, "min_window": min_window} if mode == "clip" else {}
+    task = {"examples": sorted(e.key for e in examples), "mode": mode, "layers": "all"} | windowing
     return Path(root) / model.identity_hash / sha256_json(task)[:16]
 
 
@@ -171,7 +174,7 @@ def extract(
     Returns:
         :class:`Features`; undecodable files are in ``skipped`` (logged with their reason), not in ``rows``.
     """
-    directory = cache_dir_for(Path(cache_root), model, examples, mode, window) if cache_root else None
+    directory = cache_dir_for(Path(cache_root), model, examples, mode, window, min_window) if cache_root else None
     if directory is not None and (hit := load_cached(directory)) is not None:
         log.info("features from cache %s (%d clips)", directory, len(hit.rows))
         return hit
