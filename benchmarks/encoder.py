@@ -1,9 +1,10 @@
 """Our MERT encoder vs ``transformers.HubertModel`` (sdpa) with the same weights and input, in one run.
 
 Eval mode, no grad, all hidden states requested from both. Prints throughput (x real time), the throughput
-ratio, the peak RSS growth during one forward (sampled every 1 ms; includes the returned hidden states) and the
-max abs difference over all hidden states. ``--chunking`` instead measures how far chunked long-audio
-extraction (``mert.model.extract.encode_long``) is from a whole-clip pass on a 60 s demo-like clip.
+ratio, the peak growth of live malloc'd memory during one forward (glibc ``mallinfo2``, sampled every 1 ms;
+it includes the returned hidden states) and the max abs difference over all hidden states. ``--chunking``
+instead measures how far chunked long-audio extraction (``mert.model.extract.encode_long``) is from a
+whole-clip pass on a 60 s demo-like clip.
 
     .venv/bin/python benchmarks/encoder.py                 # mert-95m, 4 x 5 s (random init, seed 0)
     .venv/bin/python benchmarks/encoder.py --tiny          # mert-tiny, quick
@@ -14,6 +15,7 @@ extraction (``mert.model.extract.encode_long``) is from a whole-clip pass on a 6
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import tempfile
@@ -25,25 +27,55 @@ import psutil
 import torch
 
 
-def rss_peak_during(fn) -> tuple[float, object]:
-    """Run ``fn`` while sampling RSS; return (peak RSS minus RSS before, in MiB) and ``fn``'s result."""
-    proc, peak, stop = psutil.Process(os.getpid()), [0], threading.Event()
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+def _live_bytes_fn():
+    """Bytes currently allocated through malloc (all arenas + mmapped chunks, glibc ``mallinfo2``), else RSS.
+
+    Live bytes, unlike RSS, do not keep memory that the allocator retained after a free, so two models
+    measured one after the other in one process are compared fairly.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+
+        def live() -> int:
+            m = libc.mallinfo2()
+            return m.uordblks + m.hblkhd
+
+        return live, "heap"
+    except (OSError, AttributeError):
+        proc = psutil.Process(os.getpid())
+        return (lambda: proc.memory_info().rss), "RSS"
+
+
+LIVE_BYTES, MEM_KIND = _live_bytes_fn()
+
+
+def peak_memory_during(fn) -> tuple[float, object]:
+    """Run ``fn`` while sampling live memory every 1 ms; return (peak minus before, in MiB) and ``fn``'s result."""
+    peak, stop = [0], threading.Event()
     gc.collect()
-    base = proc.memory_info().rss
+    base = LIVE_BYTES()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
+            peak[0] = max(peak[0], LIVE_BYTES())
             time.sleep(0.001)
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     try:
         out = fn()
+        peak[0] = max(peak[0], LIVE_BYTES())
     finally:
         stop.set()
         t.join()
-    peak[0] = max(peak[0], proc.memory_info().rss)
     return (peak[0] - base) / 2**20, out
 
 
@@ -87,7 +119,7 @@ def bench(args) -> None:
                 t0 = time.perf_counter()
                 f()
                 times[k].append(time.perf_counter() - t0)
-        mem = {k: rss_peak_during(f)[0] for k, f in runs.items()}
+        mem = {k: peak_memory_during(f)[0] for k, f in runs.items()}
     report(args, preset, wav, runs, times, mem, diffs, compile_s)
 
 
@@ -109,7 +141,16 @@ def report(args, preset, wav, runs, times, mem, diffs, compile_s) -> None:
     hf_key = next(k for k in runs if k.startswith("transformers"))
     t_hf = float(np.median(times[hf_key]))
     table = Table(title=f"{preset} forward, {wav.shape[0]} x {args.seconds:g} s, all hidden states, eval, no grad")
-    for col in ("model", "median s", "min s", "x real time", "speed vs HF", "peak RSS +MiB", "mem vs HF", "max |diff|"):
+    for col in (
+        "model",
+        "median s",
+        "min s",
+        "x real time",
+        "speed vs HF",
+        f"peak {MEM_KIND} +MiB",
+        "mem vs HF",
+        "max |diff|",
+    ):
         table.add_column(col, justify="left" if col == "model" else "right")
     for k in runs:
         med = float(np.median(times[k]))

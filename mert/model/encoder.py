@@ -74,6 +74,11 @@ def normalize_waveform(wav: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- front end
+def gelu(x: Tensor) -> Tensor:
+    """Exact (erf) GELU, in place when no autograd graph is being recorded (saves a full-size allocation)."""
+    return F.gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)
+
+
 class ConvLayer(nn.Module):
     """Conv1d -> [GroupNorm(C groups), layer 0 only] -> GELU. Holds ``conv`` and optional ``layer_norm``."""
 
@@ -84,10 +89,41 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, L) -> (B, C_out, T)."""
+        if self.layer_norm is not None and x.shape[1] == 1 and not torch.is_grad_enabled():
+            return gelu(self._conv_groupnorm_fused(x[:, 0]))
         x = self.conv(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        return F.gelu(x)
+        return gelu(x)
+
+    def _conv_groupnorm_fused(self, wav: Tensor) -> Tensor:
+        """Conv(1 -> C) then per-channel GroupNorm over time, in one pass over the (B, C, T) output.
+
+        The conv is linear in the waveform frames f_t (k samples each), so channel c's mean over time is
+        ``w_c . mu`` and its variance ``w_c^T Sigma w_c``, with mu and Sigma the mean and covariance of the
+        frames (k x k, computed in float64). The normalised output is then a conv with per-clip weights
+        ``scale_c * w_c`` and bias ``beta_c - scale_c * w_c . mu``: the same maths as ``conv -> GroupNorm``
+        without materialising and re-reading the un-normalised activations (the conv bias cancels).
+
+        Args:
+            wav: (B, L) audio.
+
+        Returns:
+            (B, C, T) normalised (not yet activated) features.
+        """
+        k, s = self.conv.kernel_size[0], self.conv.stride[0]
+        frames = wav.unfold(1, k, s)  # (B, T, k) view
+        f64 = frames.double()
+        mu = f64.mean(dim=1)  # (B, k)
+        centred = f64 - mu[:, None]
+        cov = centred.transpose(1, 2) @ centred / frames.shape[1]  # (B, k, k)
+        w = self.conv.weight[:, 0].double()  # (C, k)
+        var = torch.einsum("ck,bkj,cj->bc", w, cov, w)  # (B, C)
+        gn = self.layer_norm
+        scale = gn.weight.double() / torch.sqrt(var + gn.eps)  # (B, C)
+        w_eff = (scale[:, :, None] * w).to(wav.dtype)  # (B, C, k)
+        b_eff = (gn.bias.double() - scale * (mu @ w.T)).to(wav.dtype)  # (B, C)
+        return torch.baddbmm(b_eff[:, :, None], w_eff, frames.transpose(1, 2))  # (B, C, T)
 
 
 class FeatureExtractor(nn.Module):
@@ -161,7 +197,7 @@ class PositionalConvEmbedding(nn.Module):
         """(B, T, D) -> (B, T, D)."""
         y = self.conv(x.transpose(1, 2))  # (B, D, T + 1)
         y = y[:, :, : y.shape[-1] - self.num_pad_remove]  # (B, D, T)
-        return F.gelu(y).transpose(1, 2)  # (B, T, D)
+        return gelu(y).transpose(1, 2)  # (B, T, D)
 
 
 class Attention(nn.Module):
@@ -198,7 +234,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
-        x = self.intermediate_dropout(F.gelu(self.intermediate_dense(x)))
+        x = self.intermediate_dropout(gelu(self.intermediate_dense(x)))
         return self.output_dropout(self.output_dense(x))
 
 

@@ -188,3 +188,16 @@ def test_bf16_autocast_attention_close_to_fp32():
             low = model(wav).last_hidden_state
     assert low.dtype in (torch.bfloat16, torch.float32)
     torch.testing.assert_close(low.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_inference_fast_path_equals_autograd_path():
+    """Under no_grad, layer 0's conv + GroupNorm run fused and GELUs in place: same numbers as the graph path."""
+    model = tiny().eval()
+    wav = 0.2 * torch.randn(2, 20000) + 0.05  # a DC offset too
+    with torch.no_grad():
+        fast = model(wav, output_hidden_states=True)
+    slow = model(wav, output_hidden_states=True)
+    assert slow.features.requires_grad
+    torch.testing.assert_close(fast.features, slow.features.detach(), atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast.hidden_states, slow.hidden_states):
+        torch.testing.assert_close(a, b.detach(), atol=1e-5, rtol=1e-5)
