@@ -52,6 +52,10 @@ def pretrain(
     params = params or PretrainParams()
     profile = params.resolve(max_steps=max_steps)
     out = Path(out)
+    done = _finished(out, profile.max_steps)
+    if done is not None:
+        log.info("%s already finished %d steps: nothing to do", out, profile.max_steps)
+        return done
     info = init_distributed(device)
     try:
         corpus_ = Corpus(corpus)
@@ -68,6 +72,18 @@ def pretrain(
         return _write_result(out, res, info)
     finally:
         close_distributed()
+
+
+def _finished(out: Path, max_steps: int) -> dict[str, Any] | None:
+    """The stored result if ``out`` already holds a finished run of ``max_steps`` steps (rerun = no-op)."""
+    from mert.train.checkpoint import list_checkpoints
+
+    path = out / RESULT_FILE
+    if not path.exists():
+        return None
+    res = json.loads(path.read_text())
+    ckpts = list_checkpoints(out / "checkpoints")
+    return res if res.get("step") == max_steps and ckpts and ckpts[-1][0] == max_steps else None
 
 
 def run_tags(params: PretrainParams, corpus, labels) -> dict[str, str]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from mert.data.shards import Clip, Corpus
 from mert.teachers.base import crop_slice, student_frames
+from mert.utils.io import sha256_json
 
 
 class LabelSource(Protocol):
@@ -51,7 +52,9 @@ class HashLabels:
         return full[:, crop_slice(start, length)]
 
     def identity(self) -> dict[str, Any]:
-        return {"name": "hash", "n_codebooks": self.n_codebooks, "codebook_size": self.codebook_size, "seed": self.seed}
+        ident = {"name": "hash", "n_codebooks": self.n_codebooks, "codebook_size": self.codebook_size}
+        ident["seed"] = self.seed
+        return {**ident, "hash": sha256_json(ident)}
 
 
 class TeacherLabels:
