@@ -6,7 +6,7 @@ A spec is one of:
 * a training checkpoint directory ``step-XXXXXXXX/`` (an HF export inside it or next to the run's
   ``checkpoints/`` as ``export/`` is preferred; else ``checkpoint.pt``'s encoder weights and config);
 * ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: resolved to a local HF directory by
-  ``mert.tracking.download_model`` (the only module allowed to talk to MLflow);
+  ``mert.tracking`` (the only module allowed to import MLflow), see :func:`resolve_registry`;
 * ``random:<preset>[@seed]``: a randomly initialised :class:`MERT` (seed 0 unless given);
 * ``mfcc``, ``chroma``, ``cqt``: handcrafted 75 Hz frame features (the floor every table needs).
 
@@ -172,15 +172,44 @@ def random_model(preset: str, seed: int = 0) -> MERTFeatures:
     return MERTFeatures(model, {"kind": "random", "preset": preset, "seed": seed, "config": dataclasses.asdict(cfg)})
 
 
-def resolve_registry(spec: str) -> Path:
-    """``models:/name@alias`` -> local HF directory via ``mert.tracking.download_model`` (if it exists)."""
+def resolve_registry(spec: str, uri: str | None = None) -> Path:
+    """``models:/name@alias`` or ``models:/name/version`` -> a local HF-layout directory.
+
+    Uses ``mert.tracking.download_model(spec)`` when that function exists; otherwise reads the version's
+    artifacts in place through the registry client of ``mert.tracking.connect`` (local artifact stores only:
+    the default ``sqlite:///mlflow.db`` + ``mlartifacts/`` setup).
+    """
     try:
         from mert import tracking
     except ImportError as e:
         raise ModelSpecError(f"{spec}: registry URIs need mert/tracking.py, which is not available ({e})") from e
-    if not hasattr(tracking, "download_model"):
-        raise ModelSpecError(f"{spec}: mert.tracking has no download_model(uri) -> Path; cannot resolve the URI")
-    return Path(tracking.download_model(spec))
+    if hasattr(tracking, "download_model"):
+        return Path(tracking.download_model(spec))
+    from mert.probe.tracking import resolve_version
+
+    client, _ = tracking.connect(uri, "mert-probe")
+    try:
+        name, version = resolve_version(client, spec)
+        source = client.get_model_version(name, version).source
+        if source.startswith("models:/m-"):  # an MLflow 3 LoggedModel
+            source = client.get_logged_model(source[len("models:/") :]).artifact_location
+    except Exception as e:  # MLflow's RestException for unknown names/aliases/versions
+        raise ModelSpecError(
+            f"{spec}: cannot resolve in the registry at {tracking.resolve_tracking_uri(uri)} ({e})"
+        ) from e
+    return _local_hf_dir(spec, source)
+
+
+def _local_hf_dir(spec: str, location: str) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    path = Path(unquote(urlparse(location).path)) if location.startswith("file:") else Path(location)
+    if not path.is_dir():
+        raise ModelSpecError(f"{spec}: artifacts at {location} are not on a local disk (needs a download step)")
+    for config in sorted(path.rglob("config.json")):
+        if "code" not in config.relative_to(path).parts and any(config.parent.glob("*.safetensors")):
+            return config.parent
+    raise ModelSpecError(f"{spec}: no HF-layout encoder (config.json + *.safetensors) under {path}")
 
 
 def load_model(spec: str, do_normalize: bool | None = None) -> FeatureModel:

@@ -49,6 +49,19 @@ def test_log_probe_tags_versions_and_promote(tmp_path, monkeypatch, capsys):
         v = client.create_model_version("mert", source=str(tmp_path / alias)).version
         client.set_registered_model_alias("mert", alias, v)
     assert promote("mert", ["key"], uri=uri).reason == "candidate has no probe score for ['key']"
+    from mert.model import MERT, MERTConfig
+    from mert.probe.models import ModelSpecError, load_model
+
+    MERT(MERTConfig.from_name("mert-tiny")).save_pretrained(tmp_path / "candidate" / "export")
+    model = load_model("models:/mert@candidate")  # resolved in place from the local artifact store
+    assert model.identity["registry_uri"] == "models:/mert@candidate" and model.n_layers == 3
+    with pytest.raises(ModelSpecError, match="not on a local disk"):
+        load_model("models:/mert/1")  # the champion's source directory does not exist
+    (tmp_path / "champion").mkdir()
+    with pytest.raises(ModelSpecError, match="no HF-layout encoder"):
+        load_model("models:/mert/1")
+    with pytest.raises(ModelSpecError, match="cannot resolve"):
+        load_model("models:/mert@nobody")
     for alias, score in (("champion", 0.5), ("candidate", 0.7)):
         report = _report("key", score, f"models:/mert@{alias}")
         write_outputs(report | {"task": "key"}, tmp_path / alias / "results.json")
