@@ -9,7 +9,7 @@ whole-clip pass on a 60 s demo-like clip.
     .venv/bin/python benchmarks/encoder.py                 # mert-95m, 4 x 5 s (random init, seed 0)
     .venv/bin/python benchmarks/encoder.py --tiny          # mert-tiny, quick
     .venv/bin/python benchmarks/encoder.py --compile       # also torch.compile(ours) (inductor, freezing)
-    .venv/bin/python benchmarks/encoder.py --chunking      # chunked vs whole-clip features (mert-tiny)
+    .venv/bin/python benchmarks/encoder.py --chunking --tiny  # chunked vs whole-clip features, mert-tiny
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def chunking(args) -> None:
     clip = music(args.clip_seconds, 24000, "D minor", 100.0, ["strings", "pluck"], rng, with_drums=True)
     wav = torch.from_numpy((0.8 * clip / np.abs(clip).max()).astype(np.float32))
     torch.manual_seed(0)
-    model = MERT(MERTConfig.from_name("mert-tiny" if args.tiny or args.preset == "mert-tiny" else args.preset)).eval()
+    preset = "mert-tiny" if args.tiny else args.preset
+    model = MERT(MERTConfig.from_name(preset)).eval()
     with torch.inference_mode():
         whole = torch.stack(model(wav[None], output_hidden_states=True).hidden_states)[:, 0]  # (n_layers, T, D)
         chunked = encode_long(model, wav, chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds)
@@ -184,8 +185,8 @@ def chunking(args) -> None:
     mean_cos = torch.nn.functional.cosine_similarity(chunked.mean(1), whole.mean(1), dim=-1)
     mean_rel = (chunked.mean(1) - whole.mean(1)).norm(dim=-1) / whole.mean(1).norm(dim=-1)
     print(
-        f"{model.config.num_hidden_layers}-layer {args.preset if not args.tiny else 'mert-tiny'} (random init), "
-        f"{args.clip_seconds:g} s clip, windows {args.chunk_seconds:g} s / overlap {args.overlap_seconds:g} s"
+        f"{preset} (random init, seed 0), {args.clip_seconds:g} s demo-like clip, "
+        f"windows {args.chunk_seconds:g} s / overlap {args.overlap_seconds:g} s"
     )
     print("layer  frame cos mean  frame cos min  rel. L2 err  mean-pooled cos  mean-pooled rel err")
     for i in range(len(cos)):

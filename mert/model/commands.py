@@ -7,7 +7,13 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("extract", help="per-layer MERT features (time-averaged and/or frame level) for audio files")
+    p = sub.add_parser(
+        "extract",
+        help="per-layer MERT features (time-averaged and/or frame level) for audio files",
+        description="Audio longer than --chunk-seconds is encoded in overlapping windows (bounded memory) and the "
+        "frames are stitched; since layer 0's GroupNorm and the attention see one window, not the whole clip, "
+        "chunked features differ slightly from a whole-clip pass (see benchmarks/encoder.py --chunking).",
+    )
     p.add_argument("inputs", nargs="+", type=Path, help="audio files and/or folders (searched recursively)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument(
