@@ -66,11 +66,11 @@ def sync(dev: torch.device) -> None:
 
 
 @torch.inference_mode()
-def plain_loop(corpus: S.Corpus, teacher, dev: torch.device) -> tuple[float, dict[str, np.ndarray]]:
-    """One ``model.encode`` per whole file; returns (wall seconds, codes per clip id)."""
+def plain_loop(corpus: S.Corpus, teacher, dev: torch.device) -> tuple[tuple[float, float], dict[str, np.ndarray]]:
+    """One ``model.encode`` per whole file; returns ((wall, CPU) seconds, codes per clip id)."""
     codes = {}
     sync(dev)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for clip in corpus:
         x = torch.from_numpy(corpus.audio(clip)).to(dev)
         if teacher.rpq is None:
@@ -79,11 +79,11 @@ def plain_loop(corpus: S.Corpus, teacher, dev: torch.device) -> tuple[float, dic
             c = teacher.rpq(teacher.model.encoder(x[None, None]))
         codes[clip.id] = c[0, :, : student_frames(clip.length)].cpu().numpy()
     sync(dev)
-    return time.perf_counter() - t0, codes
+    return (time.perf_counter() - t0, time.process_time() - c0), codes
 
 
-def bare_batched(corpus: S.Corpus, teacher, batch: int, dev: torch.device) -> float:
-    """Encode seconds of the pipeline's own batches with the audio already on the device."""
+def bare_batched(corpus: S.Corpus, teacher, batch: int, dev: torch.device) -> tuple[float, float]:
+    """(wall, CPU) encode seconds of the pipeline's own batches with the audio already on the device."""
     ctx = teacher.left_context_frames, teacher.right_context_frames
     windows = [w for i, c in enumerate(corpus.clips) for w in plan_windows(i, c.length, teacher.chunk_frames, *ctx)]
     windows.sort(key=lambda w: -w.length)
@@ -95,11 +95,19 @@ def bare_batched(corpus: S.Corpus, teacher, batch: int, dev: torch.device) -> fl
             x[j, : w.length] = torch.from_numpy(corpus.audio(corpus.clips[w.clip], w.start, w.length))
         batches.append((x.to(dev), torch.tensor([w.length for w in group], device=dev)))
     sync(dev)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for x, n in batches:
         teacher.encode(x, n).cpu()
     sync(dev)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def pipeline(corpus: S.Corpus, teacher, batch: int, dev: torch.device, out: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``label_corpus`` into an empty directory (CPU time includes its threads)."""
+    c0 = time.process_time()
+    s = label_corpus(corpus.root, out, teacher, batch_size=batch, device=str(dev), progress=False)
+    assert s.computed == len(corpus)
+    return s.wall_seconds, time.process_time() - c0
 
 
 def encodec_rows(corpus: S.Corpus, teacher, batch: int, dev: torch.device, tmp: Path, repeats: int) -> list[dict]:
@@ -107,24 +115,29 @@ def encodec_rows(corpus: S.Corpus, teacher, batch: int, dev: torch.device, tmp: 
     audio = corpus.total_seconds
     teacher.to(dev)
     teacher.encode(torch.zeros(2, SR, device=dev), torch.tensor([SR, SR], device=dev))  # warm-up
-    t_plain = t_bare = t_pipe = float("inf")
+    best = {"plain": (np.inf, np.inf), "bare": (np.inf, np.inf), "pipe": (np.inf, np.inf)}
     for r in range(repeats):
         t, plain_codes = plain_loop(corpus, teacher, dev)
-        t_plain = min(t_plain, t)
-        t_bare = min(t_bare, bare_batched(corpus, teacher, batch, dev))
-        out = tmp / f"labels-{dev.type}-{r}"
-        s = label_corpus(corpus.root, out, teacher, batch_size=batch, device=str(dev), progress=False)
-        t_pipe = min(t_pipe, s.wall_seconds)
-    store = LabelStore.open(out)
+        runs = {"plain": t, "bare": bare_batched(corpus, teacher, batch, dev)}
+        runs["pipe"] = pipeline(corpus, teacher, batch, dev, tmp / f"labels-{dev.type}-{r}")
+        best = {k: tuple(min(a, b) for a, b in zip(best[k], runs[k])) for k in best}
+    store = LabelStore.open(tmp / f"labels-{dev.type}-0")
     agree = np.mean([(store.load(c) == plain_codes[c.id]).mean() for c in corpus])
     name = f"EnCodec {teacher.name}"
-    return [
-        {"name": f"{name}: plain loop, model.encode per file [{dev}]", "x_realtime": audio / t_plain, "wall": t_plain},
-        {"name": f"{name}: bare batched encode (bound) [{dev}]", "x_realtime": audio / t_bare, "wall": t_bare},
-        {"name": f"{name}: pipeline label_corpus [{dev}]", "x_realtime": audio / t_pipe, "wall": t_pipe},
-        {"name": f"  pipeline / bound = {t_bare / t_pipe:.3f}, pipeline / plain = {t_plain / t_pipe:.2f}"},
-        {"name": f"  label agreement pipeline (chunked, batched) vs plain loop = {agree:.5f}"},
+    labels = {
+        "plain": "plain loop, model.encode per file",
+        "bare": "bare batched encode (bound)",
+        "pipe": "pipeline label_corpus",
+    }
+    rows = [
+        {"name": f"{name}: {labels[k]} [{dev}]", "x_realtime": audio / w, "wall": w, "cpu": c}
+        for k, (w, c) in best.items()
     ]
+    (pw, pc), (bw, bc), (lw, _) = best["pipe"], best["bare"], best["plain"]
+    ratios = f"pipeline / bound: wall {bw / pw:.3f}, CPU {bc / pc:.3f}; pipeline / plain: wall {lw / pw:.2f}"
+    rows.append({"name": f"  {ratios}"})
+    rows.append({"name": f"  label agreement pipeline (chunked, batched) vs plain loop = {agree:.5f}"})
+    return rows
 
 
 def cqt_rows(seconds: float, batch: int) -> list[dict]:
@@ -138,12 +151,12 @@ def cqt_rows(seconds: float, batch: int) -> list[dict]:
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'':78s} {'x realtime':>10s} {'wall s':>8s} {'ms/clip':>8s} {'max rel err':>11s}")
+    cols = [("x_realtime", "x realtime", 10, ".1f"), ("wall", "wall s", 8, ".1f"), ("cpu", "CPU s", 8, ".1f")]
+    cols += [("ms_per_clip", "ms/clip", 8, ".1f"), ("max_rel_err", "max rel err", 11, ".2e")]
+    print(f"{'':78s} " + " ".join(f"{h:>{w}s}" for _, h, w, _ in cols))
     for r in rows:
-        cells = [f"{r[k]:{w}.{p}f}" if k in r else " " * w for k, w, p in (("x_realtime", 10, 1), ("wall", 8, 1))]
-        cells += [f"{r['ms_per_clip']:8.1f}" if "ms_per_clip" in r else " " * 8]
-        cells += [f"{r['max_rel_err']:11.2e}" if "max_rel_err" in r else ""]
-        print(f"{r['name']:78s} " + " ".join(cells))
+        cells = [f"{r[k]:{w}{f}}" if k in r else " " * w for k, _, w, f in cols]
+        print(f"{r['name']:78s} " + " ".join(cells).rstrip())
 
 
 def main() -> None:
@@ -155,7 +168,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="best of N for each EnCodec timing")
     ap.add_argument("--cqt-seconds", type=float, default=5.0)
     ap.add_argument("--no-cqt", action="store_true")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (1 is steadier on a shared machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
     teacher = build_rvq_teacher(args.weights)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
