@@ -177,6 +177,8 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.p.clip_norm if self.p.clip_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
         finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(sums["loss/total"]))
         if finite:
             self.scaler.step(self.optimizer)
@@ -215,7 +217,7 @@ class Trainer:
             "step": self.step,
             "checkpoint": ckpt.latest_checkpoint(self.ckpt_dir),
             "val": final,
-            "export": self.export() if self.info.is_main else None,
+            "export": self.export(),
         }
 
     def _account(self, metrics: dict[str, torch.Tensor], batches: list[Batch]) -> None:
@@ -294,7 +296,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self._model_state(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optim_state(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "train_state": {
@@ -308,12 +310,33 @@ class Trainer:
             "config": self.config_dict(),
         }
 
+    def _fsdp(self) -> bool:
+        return self.p.parallel == "fsdp" and self.info.distributed
+
     def _model_state(self) -> dict[str, torch.Tensor]:
-        if self.p.parallel == "fsdp" and self.info.distributed:
+        if self._fsdp():  # gather the shards into full CPU tensors (a collective)
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()}
+
+    def _optim_state(self) -> dict[str, Any]:
+        if self._fsdp():
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        return self.optimizer.state_dict()
+
+    def _load_model_and_optim(self, model: dict[str, Any], optim: dict[str, Any]) -> None:
+        if self._fsdp():  # every rank read the full checkpoint: shard it back
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_state_dict(self.model, self.optimizer, model_state_dict=model, optim_state_dict=optim, options=opts)
+            return
+        unwrap(self.model).load_state_dict(model)
+        self.optimizer.load_state_dict(optim)
 
     def save_checkpoint(self) -> Path | None:
         """Rank 0 writes ``checkpoints/step-XXXXXXXX/checkpoint.pt`` atomically and prunes to ``keep_last``."""
@@ -327,8 +350,7 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore every piece of state written by :meth:`save_checkpoint` (the same config is required)."""
         state = ckpt.load_checkpoint(path, map_location="cpu")
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_model_and_optim(state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["data"])
@@ -338,10 +360,17 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
 
-    def export(self) -> Path:
-        """The encoder in the released HF layout (``MERT.save_pretrained``) under ``OUT/export``."""
+    def export(self) -> Path | None:
+        """The encoder in the released HF layout (``MERT.save_pretrained``) under ``OUT/export`` (rank 0)."""
+        from mert.model.encoder import MERT
+
+        state = self._model_state()  # a collective under FSDP
+        if not self.info.is_main:
+            return None
+        encoder = MERT(self.encoder_config)
+        encoder.load_state_dict({k.removeprefix("mert."): v for k, v in state.items() if k.startswith("mert.")})
         path = self.out / "export"
-        unwrap(self.model).mert.save_pretrained(path)
+        encoder.save_pretrained(path)
         return path
 
     def close(self, status: str = "FINISHED") -> None:

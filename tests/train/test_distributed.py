@@ -26,3 +26,20 @@ def test_two_gloo_ranks_equal_single_process(corpus_dir, tmp_path):
     assert a["train_state"] == b["train_state"]
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow  # ~2-3 min on 2 loaded cores
+def test_fsdp_two_ranks_resume_equals_single_process(corpus_dir, tmp_path):
+    """FSDP2 on 2 gloo ranks: 2 steps, then the same command resumes to 4; equals 1 process run to 4."""
+    prof = tiny_profile(max_steps=4, save_interval=2, batch_seconds=1.6, loader_prefetch=0, parallel="fsdp")
+    params = write_params(tmp_path / "params.yaml", prof)
+    fsdp = pretrain_cmd(corpus_dir, tmp_path / "fsdp", params, nproc=2)
+    run([*fsdp, "--max-steps", "2"])
+    res = run(fsdp)
+    assert "resumed from" in res.stderr
+    run(pretrain_cmd(corpus_dir, tmp_path / "single", params))
+    a = ckpt.load_checkpoint(tmp_path / "single/checkpoints/step-00000004/checkpoint.pt")
+    b = ckpt.load_checkpoint(tmp_path / "fsdp/checkpoints/step-00000004/checkpoint.pt")
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+    assert (tmp_path / "fsdp/export/model.safetensors").exists()
