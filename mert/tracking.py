@@ -175,6 +175,7 @@ class MLflowLogger:
         run_name: name of a new run.
         tags: tags set on the run.
         system_metrics: sample CPU/GPU/memory into the run every ``system_interval`` seconds.
+        own_run: end the run in :meth:`close` (default: only if this logger created it).
     """
 
     def __init__(
@@ -186,15 +187,18 @@ class MLflowLogger:
         tags: Mapping[str, str] | None = None,
         system_metrics: bool = True,
         system_interval: float = 30.0,
+        own_run: bool | None = None,
     ):
         import mlflow
 
         self.client, self.experiment_id = connect(uri, experiment)
         self.uri = resolve_tracking_uri(uri)
         run_id = run_id or _ENV_RUN_ID
-        self.owned = run_id is None
+        self.owned = run_id is None if own_run is None else own_run
         if run_id is None:
             run_id = self._create_run(mlflow, run_name)
+        elif self.owned:  # our own run, resumed after a kill or a failure
+            self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
         self._pending: list[Any] = []
         self._failures = 0

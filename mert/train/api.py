@@ -125,7 +125,7 @@ def _open_logger(params: PretrainParams, corpus, labels, out: Path, info, run_id
 
 
 def _main_logger(params: PretrainParams, corpus, labels, out: Path, run_id: str | None):
-    from mert.tracking import DiskLogger, MLflowLogger, MultiLogger, StdoutLogger
+    from mert.tracking import DiskLogger, MLflowLogger, MultiLogger, StdoutLogger, resolve_tracking_uri
     from mert.utils.io import atomic_write_json
 
     loggers: list[Any] = [DiskLogger(out / "metrics.jsonl")]
@@ -133,9 +133,19 @@ def _main_logger(params: PretrainParams, corpus, labels, out: Path, run_id: str 
         loggers.append(StdoutLogger())
     if params.tracker == "mlflow":
         saved = out / TRACKING_FILE
-        run_id = run_id or (json.loads(saved.read_text())["run_id"] if saved.exists() else None)
+        prev = json.loads(saved.read_text()) if saved.exists() else {}
+        # Resuming: continue the run this directory created, if it lives in the same store.
+        own = run_id is None and prev.get("tracking_uri") == resolve_tracking_uri(params.tracking_uri)
+        run_id = run_id or (prev["run_id"] if own else None)
         tags = run_tags(params, corpus, labels)
-        ml = MLflowLogger(params.tracking_uri, params.experiment, run_id=run_id, run_name=out.name, tags=tags)
+        ml = MLflowLogger(
+            params.tracking_uri,
+            params.experiment,
+            run_id=run_id,
+            run_name=out.name,
+            tags=tags,
+            own_run=True if own else None,
+        )
         atomic_write_json(saved, {"run_id": ml.run_id, "tracking_uri": ml.uri})
         loggers.insert(0, ml)
     return MultiLogger(*loggers)

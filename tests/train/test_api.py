@@ -39,3 +39,8 @@ def test_pretrain_logs_run_and_registers_candidate(corpus_dir, tmp_path, mlflow_
     again = pretrain(corpus_dir, "hash:8:1024", tmp_path / "run", params)  # rerun of a finished run: no-op
     assert again["registered_version"] == "1"
     assert dataclasses.asdict(params.resolve())["max_steps"] == 2
+
+    longer = pretrain(corpus_dir, "hash:8:1024", tmp_path / "run", params, max_steps=3)  # resume, same run
+    assert longer["step"] == 3 and longer["run_id"] == res["run_id"] and longer["registered_version"] == "2"
+    assert client.get_run(res["run_id"]).info.status == "FINISHED"
+    assert str(client.get_model_version_by_alias("mert-tiny", "candidate").version) == "2"
