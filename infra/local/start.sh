@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Start a local Prefect server and MLflow server natively (no Docker), bound to 127.0.0.1, with their
-# state under .local-services/ (sqlite DBs, artifacts, logs, pid files). Idempotent; prints the env to use.
-#   infra/local/start.sh [prefect|mlflow ...]     (default: both)
+# Start a local Prefect server, MLflow server and Prefect process worker natively (no Docker), bound to
+# 127.0.0.1, with their state under .local-services/ (sqlite DBs, artifacts, logs, pid files).
+# Idempotent; prints the env to use.
+#   infra/local/start.sh [prefect|mlflow|worker ...]     (default: prefect mlflow)
+# The worker serves pool $PREFECT_WORK_POOL (default mert-cpu; created if missing) against the local server.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STATE="${MERT_LOCAL_STATE:-$PWD/.local-services}"
 PREFECT_PORT="${PREFECT_PORT:-4200}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+WORKER_PORT="${WORKER_PORT:-8081}"
+POOL="${PREFECT_WORK_POOL:-mert-cpu}"
 BIN="${MERT_VENV:-$PWD/.venv}/bin"
 mkdir -p "$STATE"
 export PREFECT_HOME="$STATE/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
@@ -39,7 +43,13 @@ for s in "${services[@]}"; do
              start mlflow "http://127.0.0.1:$MLFLOW_PORT/health" \
                "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
                --backend-store-uri "sqlite:///$STATE/mlflow.db" --artifacts-destination "$STATE/mlartifacts" ;;
-    *) echo "local: unknown service $s (prefect|mlflow)" >&2; exit 2 ;;
+    worker)  export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
+             "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
+               || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
+             PREFECT_WORKER_WEBSERVER_HOST=127.0.0.1 PREFECT_WORKER_WEBSERVER_PORT="$WORKER_PORT" \
+               start worker "http://127.0.0.1:$WORKER_PORT/health" \
+               "$BIN/prefect" worker start --pool "$POOL" --type process --with-healthcheck ;;
+    *) echo "local: unknown service $s (prefect|mlflow|worker)" >&2; exit 2 ;;
   esac
 done
 cat <<ENV
