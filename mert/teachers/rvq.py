@@ -135,8 +135,8 @@ class RandomProjectionQuantizer(nn.Module):
         """(B, D, F) features -> (B, K, F) int64 codes."""
         z = emb.transpose(1, 2) - self.mu  # (B, F, D)
         z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        scores = torch.einsum("bfd,kcd->bkfc", z, self.codebooks)  # (B, K, F, C)
-        return scores.argmax(-1)
+        # one codebook at a time: (B, F, C) scores instead of (B, K, F, C) (600 MB for 8 x 30 s)
+        return torch.stack([(z @ cb.T).argmax(-1) for cb in self.codebooks], dim=1)  # (B, K, F)
 
 
 def load_encodec(weights: str, seed: int = 0) -> tuple[Any, str]:
