@@ -60,7 +60,7 @@ def print_summary(s) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"label {s.teacher} -> {s.store}", show_header=True)
+    t = Table(title=f"label: {s.teacher}", show_header=True)
     t.add_column("")
     t.add_column("clips", justify="right")
     t.add_column("audio", justify="right")
@@ -70,6 +70,7 @@ def print_summary(s) -> None:
     t.add_row("rejected", str(s.rejected), "")
     console = Console()
     console.print(t)
+    console.print(f"labels: {s.store}")
     if s.reasons:
         console.print("rejected by reason: " + ", ".join(f"{k} x{v}" for k, v in sorted(s.reasons.items())))
         console.print(f"details: {s.rejects_csv}")
