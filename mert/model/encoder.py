@@ -89,45 +89,56 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, L) -> (B, C_out, T)."""
-        if self.layer_norm is not None and x.shape[1] == 1 and not torch.is_grad_enabled():
-            return gelu(self._conv_groupnorm_fused(x[:, 0]))
         x = self.conv(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return gelu(x)
 
-    def _conv_groupnorm_fused(self, wav: Tensor) -> Tensor:
-        """Conv(1 -> C) then per-channel GroupNorm over time, in one pass over the (B, C, T) output.
+    def groupnorm_folded(self, wav: Tensor) -> tuple[Tensor, Tensor]:
+        """Fold layer 0's whole-clip GroupNorm into per-clip conv weights, without running the conv.
 
         The conv is linear in the waveform frames f_t (k samples each), so channel c's mean over time is
         ``w_c . mu`` and its variance ``w_c^T Sigma w_c``, with mu and Sigma the mean and covariance of the
-        frames (k x k, computed in float64). The normalised output is then a conv with per-clip weights
-        ``scale_c * w_c`` and bias ``beta_c - scale_c * w_c . mu``: the same maths as ``conv -> GroupNorm``
-        without materialising and re-reading the un-normalised activations (the conv bias cancels).
+        frames (k x k, in float64). ``GroupNorm(conv(x))`` is then a conv with weights ``scale_c * w_c`` and
+        bias ``beta_c - scale_c * w_c . mu`` (the conv bias cancels), which can run on any stretch of the clip.
 
         Args:
-            wav: (B, L) audio.
+            wav: (B, L) audio, the whole clip.
 
         Returns:
-            (B, C, T) normalised (not yet activated) features.
+            ``(weight, bias)`` of shapes (B, C, k) and (B, C), in ``wav``'s dtype.
         """
         k, s = self.conv.kernel_size[0], self.conv.stride[0]
-        frames = wav.unfold(1, k, s)  # (B, T, k) view
-        f64 = frames.double()
-        mu = f64.mean(dim=1)  # (B, k)
-        centred = f64 - mu[:, None]
+        frames = wav.unfold(1, k, s).double()  # (B, T0, k)
+        mu = frames.mean(dim=1)  # (B, k)
+        centred = frames - mu[:, None]
         cov = centred.transpose(1, 2) @ centred / frames.shape[1]  # (B, k, k)
         w = self.conv.weight[:, 0].double()  # (C, k)
         var = torch.einsum("ck,bkj,cj->bc", w, cov, w)  # (B, C)
-        gn = self.layer_norm
-        scale = gn.weight.double() / torch.sqrt(var + gn.eps)  # (B, C)
-        w_eff = (scale[:, :, None] * w).to(wav.dtype)  # (B, C, k)
-        b_eff = (gn.bias.double() - scale * (mu @ w.T)).to(wav.dtype)  # (B, C)
-        return torch.baddbmm(b_eff[:, :, None], w_eff, frames.transpose(1, 2))  # (B, C, T)
+        scale = self.layer_norm.weight.double() / torch.sqrt(var + self.layer_norm.eps)  # (B, C)
+        weight = (scale[:, :, None] * w).to(wav.dtype)  # (B, C, k)
+        bias = (self.layer_norm.bias.double() - scale * (mu @ w.T)).to(wav.dtype)  # (B, C)
+        return weight, bias
+
+    def forward_folded(self, wav: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Layer 0 on a stretch of the clip with folded GroupNorm weights: (B, L') -> (B, C, T')."""
+        frames = wav.unfold(1, self.conv.kernel_size[0], self.conv.stride[0])  # (B, T', k) view
+        return gelu(torch.baddbmm(bias[:, :, None], weight, frames.transpose(1, 2)))  # (B, C, T')
 
 
 class FeatureExtractor(nn.Module):
-    """The 7-layer conv stack: (B, L) waveform -> (B, T, C) features (``feature_extractor.conv_layers.*``)."""
+    """The 7-layer conv stack: (B, L) waveform -> (B, T, C) features (``feature_extractor.conv_layers.*``).
+
+    Without autograd the stack streams over time: layer 0's GroupNorm is folded into per-clip conv weights
+    (whole-clip statistics, see :meth:`ConvLayer.groupnorm_folded`), then stretches of output frames run
+    through all seven layers from their own receptive field. The convs are local, so the frames are those of
+    the whole-clip pass, while the large early activations (the (B, 512, L/5) layer-0 output is ~49 MB per
+    5 s clip) never exist in full beyond ``stream_budget_mib``: the peak no longer grows with the clip.
+    Fewer, longer stretches are faster (bigger GEMMs, fewer thread barriers), hence a budget, not a size.
+    """
+
+    stream_budget_mib = 64
+    """Largest layer-0 activation (B, C, t0) held at once on the no-grad path."""
 
     def __init__(self, cfg: MERTConfig):
         super().__init__()
@@ -136,13 +147,31 @@ class FeatureExtractor(nn.Module):
             ConvLayer(dims[i], dims[i + 1], k, s, cfg.conv_bias, group_norm=i == 0)
             for i, (k, s) in enumerate(zip(cfg.conv_kernel, cfg.conv_stride))
         )
+        self.config = cfg
 
     def forward(self, wav: Tensor) -> Tensor:
-        """(B, L) -> (B, T, C) (channels-first convs, like the reference; one transpose of the small output)."""
+        """(B, L) -> (B, T, C)."""
+        if not torch.is_grad_enabled():
+            return self._forward_streaming(wav)
         x = wav[:, None]  # (B, 1, L)
         for layer in self.conv_layers:
             x = layer(x)
         return x.transpose(1, 2)  # (B, T, C)
+
+    def _forward_streaming(self, wav: Tensor) -> Tensor:
+        cfg, first = self.config, self.conv_layers[0]
+        n_frames, hop, rf = cfg.num_frames(wav.shape[1]), cfg.total_stride, cfg.receptive_field
+        weight, bias = first.groupnorm_folded(wav)
+        per_frame = wav.shape[0] * cfg.conv_dim[0] * (hop // cfg.conv_stride[0]) * wav.element_size()
+        step = max(8, int(self.stream_budget_mib * 2**20 // per_frame))  # output frames per stretch
+        out = wav.new_empty(wav.shape[0], n_frames, cfg.conv_dim[-1])  # (B, T, C)
+        for a in range(0, n_frames, step):
+            n = min(step, n_frames - a)
+            x = first.forward_folded(wav[:, a * hop : (a + n - 1) * hop + rf], weight, bias)  # (B, C, t0)
+            for layer in self.conv_layers[1:]:
+                x = layer(x)
+            out[:, a : a + n] = x.transpose(1, 2)  # (B, n, C)
+        return out
 
 
 class FeatureProjection(nn.Module):
