@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", type=int, help="manifest row after the range")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--metrics", type=Path, help="also write the summary JSON here (for `dvc metrics`)")
     add_params_arg(p)
     p.set_defaults(handler=_label)
 
@@ -49,6 +50,10 @@ def _label(args: argparse.Namespace) -> int:
         stop=args.stop,
         progress=not args.no_progress,
     )
+    if args.metrics:
+        from mert.utils.io import atomic_write_json
+
+        atomic_write_json(args.metrics, summary.as_dict())
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
