@@ -10,7 +10,8 @@ positional conv with weight norm, and a transformer in either the post-LN (MERT-
 Differences from the HF code that do not change the maths: q/k/v are fused into one matmul at compute time
 (stored separately), attention runs through ``F.scaled_dot_product_attention`` (all its backends reduce the
 softmax in fp32 for fp16/bf16 inputs), the weight norm is computed explicitly from plain ``weight_g``/``weight_v``
-parameters (stable keys across torch versions), and the stride-2 convs run as one GEMM over time-major frames.
+parameters (stable keys across torch versions), and without autograd (inference) the conv stack streams over
+time with layer 0's GroupNorm folded into its weights and GELUs applied in place (see :class:`FeatureExtractor`).
 """
 
 from __future__ import annotations
