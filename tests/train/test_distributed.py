@@ -12,7 +12,7 @@ from tests.train.conftest import tiny_profile
 from tests.train.helpers import pretrain_cmd, run, write_params
 
 
-@pytest.mark.slow  # ~95 s on 2 loaded cores (3 torch processes, each builds the CQT)
+@pytest.mark.slow  # 35-95 s on 2 loaded cores (3 torch processes, each builds the CQT)
 def test_two_gloo_ranks_equal_single_process(corpus_dir, tmp_path):
     # micro 2 clips of 0.4 s; the step is 1.6 s of audio: 2 ranks x 1 micro-batch or 1 rank x 2 accumulated.
     prof = tiny_profile(max_steps=3, save_interval=3, batch_seconds=1.6, loader_prefetch=0)
@@ -28,7 +28,7 @@ def test_two_gloo_ranks_equal_single_process(corpus_dir, tmp_path):
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-@pytest.mark.slow  # ~2-3 min on 2 loaded cores
+@pytest.mark.slow  # 60-180 s on 2 loaded cores
 def test_fsdp_two_ranks_resume_equals_single_process(corpus_dir, tmp_path):
     """FSDP2 on 2 gloo ranks: 2 steps, then the same command resumes to 4; equals 1 process run to 4."""
     prof = tiny_profile(max_steps=4, save_interval=2, batch_seconds=1.6, loader_prefetch=0, parallel="fsdp")

@@ -12,7 +12,7 @@ from tests.train.conftest import tiny_profile
 from tests.train.helpers import REPO, env, pretrain_cmd, run, write_params
 
 
-@pytest.mark.slow  # ~80 s on 2 loaded cores (3 subprocess runs)
+@pytest.mark.slow  # 32-80 s on 2 loaded cores (3 subprocess runs)
 def test_sigkill_then_rerun_equals_uninterrupted(corpus_dir, tmp_path):
     prof = tiny_profile(max_steps=8, save_interval=2, keep_last=3, loader_prefetch=2)
     params = write_params(tmp_path / "params.yaml", prof)
