@@ -93,7 +93,7 @@ def run_tags(params: PretrainParams, corpus, labels) -> dict[str, str]:
 
     ident = labels.identity()
     tags = {
-        "git_commit": git_commit(),
+        "git_commit": git_commit(Path(__file__).resolve().parent),  # the code that trained, whatever the cwd
         "corpus_manifest_sha256": sha256_file(Path(corpus.root) / "manifest.csv"),
         "corpus_path": str(corpus.root),
         "teacher": str(ident.get("name", "unknown")),
