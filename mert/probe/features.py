@@ -6,8 +6,8 @@ One forward pass per window gives every layer at once. Two modes:
   at least ``min_window`` seconds long, or if it is the only one); each window's hidden states are
   time-averaged, giving ``(n_windows, n_layers, D)`` per clip (MARBLE: probe per window, average
   predictions per clip).
-* ``frame``: the whole clip at 75 Hz, ``(T, n_layers, D)``, for beat tracking and separation. Audio
-  longer than the model's ``chunk_seconds`` is encoded in stride-aligned overlapping windows
+* ``frame``: the whole clip at 75 Hz, ``(T, n_layers, D)``, for beat tracking and separation; equal-length
+  clips are batched. Audio longer than the model's ``chunk_seconds`` is encoded in stride-aligned overlapping windows
   (:func:`mert.model.extract.encode_long`), stitched on the whole-clip frame grid.
 
 The cache lives in ``cache_dir/<model hash>/<task hash>/``: ``features.npy`` (every clip's rows
@@ -105,11 +105,11 @@ def _load(example: Example, min_samples: int) -> np.ndarray:
     return wav
 
 
-class _ClipBatcher:
-    """Groups equal-length windows into batches of ``batch_size`` and time-averages each forward pass."""
+class _Batcher:
+    """Groups equal-length windows into batches of ``batch_size``; time-averages them (clip mode) or not."""
 
-    def __init__(self, model: FeatureModel, batch_size: int, device: str):
-        self.model, self.batch_size, self.device = model, batch_size, device
+    def __init__(self, model: FeatureModel, batch_size: int, device: str, average: bool = True):
+        self.model, self.batch_size, self.device, self.average = model, batch_size, device, average
         self.pending: dict[int, list[tuple[str, int, np.ndarray]]] = defaultdict(list)
         self.out: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
 
@@ -124,13 +124,16 @@ class _ClipBatcher:
         if not items:
             return
         wav = torch.from_numpy(np.stack([w for _, _, w in items])).to(self.device)  # (B, L)
-        h = self.model(wav).mean(2).float().cpu().numpy()  # (n_layers, B, T, D) -> (n_layers, B, D)
+        h = self.model(wav)  # (n_layers, B, T, D)
+        h = (h.mean(2) if self.average else h.transpose(0, 2)).float().cpu().numpy()  # (n_layers|T, B, D|...)
         for b, (key, index, _) in enumerate(items):
-            self.out[key][index] = h[:, b]
+            self.out[key][index] = h[:, b]  # (n_layers, D) averaged, or (T, n_layers, D) frames
 
     def finish(self) -> dict[str, np.ndarray]:
         for length in list(self.pending):
             self._run(length)
+        if not self.average:  # one frame-level "window" per clip
+            return {k: v[0] for k, v in self.out.items()}  # (T, n_layers, D)
         return {k: np.stack([v[i] for i in sorted(v)]) for k, v in self.out.items()}  # (n_windows, n_layers, D)
 
 
@@ -181,7 +184,7 @@ def extract(
     t0 = time.perf_counter()
     model = model.to(device).eval()
     skipped: dict[str, str] = {}
-    batcher = _ClipBatcher(model, batch_size, device)
+    batcher = _Batcher(model, batch_size, device, average=mode == "clip")
     rows: dict[str, np.ndarray] = {}
     for e in examples:
         try:
@@ -190,13 +193,14 @@ def extract(
             skipped[str(e.path)] = err.reason
             log.warning("skipping %s: %s", e.path, err.reason)
             continue
-        if mode == "frame":
-            rows[e.key] = encode_frames(model, wav, device)
+        if mode == "frame" and len(wav) > model.chunk_seconds * SAMPLE_RATE:
+            rows[e.key] = encode_frames(model, wav, device)  # long audio: chunked, one clip at a time
+        elif mode == "frame":
+            batcher.add(e.key, 0, wav)  # equal-length clips share a forward pass
         else:
             for i, (s, n) in enumerate(windows(len(wav), window, min_window)):
                 batcher.add(e.key, i, wav[s : s + n])
-    if mode == "clip":
-        rows = batcher.finish()
+    rows |= batcher.finish()
     feats = Features(rows, skipped, model.n_layers, time.perf_counter() - t0)
     if directory is not None:
         save_cache(directory, feats, dtype, model.identity)

@@ -29,12 +29,15 @@ def test_clip_features_are_cached(folder_task, tmp_path):
     assert len(list((tmp_path / "cache").glob("*/*/index.json"))) == 2
 
 
-def test_batching_does_not_change_features(folder_task):
+@pytest.mark.parametrize("mode", ["clip", "frame"])
+def test_batching_does_not_change_features(folder_task, mode):
     task = load_task(folder_task)
     model = load_model("random:mert-tiny")
-    a = extract(model, task.examples[:5], "clip", 5.0, batch_size=1)
-    b = extract(model, task.examples[:5], "clip", 5.0, batch_size=5)
-    assert all(np.allclose(a.rows[k], b.rows[k], atol=1e-5) for k in a.rows)
+    a = extract(model, task.examples[:5], mode, 5.0, batch_size=1)
+    b = extract(model, task.examples[:5], mode, 5.0, batch_size=5)
+    assert all(a.rows[k].shape == b.rows[k].shape and np.allclose(a.rows[k], b.rows[k], atol=1e-5) for k in a.rows)
+    if mode == "frame":
+        assert a.rows[task.examples[0].key].shape == (model.config.num_frames(12000), 3, 32)
 
 
 def test_frame_mode_and_unreadable_files_are_skipped_with_reasons(csv_task):
