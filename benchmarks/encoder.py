@@ -104,14 +104,23 @@ def bench(args) -> None:
     wav = 0.1 * torch.randn(
         args.batch, int(args.seconds * ours.config.sample_rate), generator=torch.Generator().manual_seed(1)
     )
-    runs = {"ours (eager)": lambda: ours(wav, output_hidden_states=True).hidden_states}
+
+    def ours_with(budget, model=ours):
+        def run():
+            ours.feature_extractor.stream_budget_mib = budget
+            return model(wav, output_hidden_states=True).hidden_states
+
+        return run
+
+    runs = {f"ours (eager, conv stream <= {b:g} MiB)": ours_with(b) for b in args.stream_budget_mib}
     runs[f"transformers HubertModel ({args.attn})"] = lambda: hf(wav, output_hidden_states=True).hidden_states
     compile_s = None
     with torch.inference_mode():
         ref = runs[f"transformers HubertModel ({args.attn})"]()
         if args.compile:
+            ours.feature_extractor.stream_budget_mib = args.stream_budget_mib[0]
             compiled, compile_s = compile_model(ours, wav)
-            runs["ours (torch.compile)"] = lambda: compiled(wav, output_hidden_states=True).hidden_states
+            runs["ours (torch.compile)"] = ours_with(args.stream_budget_mib[0], compiled)
         diffs = {k: max_diff(f(), ref) for k, f in runs.items()}  # also the warm-up pass
         times = {k: [] for k in runs}
         for _ in range(args.repeats):  # interleaved, so that load changes hit every model alike
@@ -203,6 +212,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers attention implementation")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(ours) (compile time excluded)")
+    p.add_argument(
+        "--stream-budget-mib",
+        type=float,
+        nargs="+",
+        default=[64.0],
+        help="one row of ours per FeatureExtractor.stream_budget_mib (memory/speed trade-off of the conv stack)",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--chunking", action="store_true", help="measure chunked vs whole-clip features instead")
     p.add_argument("--clip-seconds", type=float, default=60.0)
