@@ -60,9 +60,20 @@ def pretrain_task(corpus: str, labels: str, out: str, params, nproc_per_node: in
 
 
 @task(name="probe", retries=1)
-def probe_task(model: str, task_dir: str, out: str, params) -> dict:
-    r = stages.probe(model, task_dir, out, params)
+def probe_task(model: str, task_dir: str, out: str, params, track: bool) -> dict:
+    r = stages.probe(model, task_dir, out, params, track=track)
     return {k: r[k] for k in ("task", "metric", "best_layer", "valid_score", "test_score")} | {"model": model}
+
+
+@task(name="promote", retries=2, retry_delay_seconds=5)  # tracking server hiccups are worth a retry
+def promote_task(name: str, tasks: list[str]) -> dict:
+    d = stages.promote(name, tasks)
+    rows = "\n".join(f"| {r['task']} | {r['candidate']} | {r['champion']} |" for r in d.rows)
+    md = (f"## {name}: {'promoted' if d.promoted else 'kept champion'}\n\n{d.reason}\n\n"
+          f"| task | candidate v{d.candidate} | champion v{d.champion} |\n|---|---|---|\n{rows}")  # fmt: skip
+    create_markdown_artifact(key=f"promotion-{name}", markdown=md, description="champion alias decision")
+    return {"model": name, "promoted": d.promoted, "candidate": d.candidate, "champion": d.champion,
+            "reason": d.reason}  # fmt: skip
 
 
 def _probe_table(rows: list[dict]) -> None:
@@ -112,11 +123,16 @@ def mert_pipeline(
         results["pretrain"][profile] = res
         model = (f"models:/{res['registered_model']}/{res['registered_version']}" if res.get("registered_version")
                  else res["export"])  # fmt: skip
-        for task_dir in probe_tasks if probe_tasks is not None else _demo_tasks(source):
+        tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)
+        for task_dir in tasks:
             for spec in [model, *(baselines or [])]:
                 name = spec.replace(":", "_").replace("/", "_")
                 out = f"data/probe/{profile}/{Path(task_dir).name}/{name}.json"
-                results["probe"].append(probe_task(spec, task_dir, out, P["probe"]))
+                track = spec == model and res.get("registered_version") is not None
+                results["probe"].append(probe_task(spec, task_dir, out, P["probe"], track))
+        if res.get("registered_version") and tasks:
+            results.setdefault("promote", []).append(
+                promote_task(res["registered_model"], [Path(t).name for t in tasks]))  # fmt: skip
     if results["probe"]:
         _probe_table(results["probe"])
     return results

@@ -64,8 +64,25 @@ def pretrain(corpus: str | Path, labels: str | Path, out: str | Path, params=Non
     return json.loads((Path(out) / RESULT_FILE).read_text())
 
 
-def probe(model: str, task: str | Path, out: str | Path, params=None, **kwargs: Any) -> dict[str, Any]:
-    """Probe a frozen ``model`` on ``task`` layer by layer; writes ``out`` (results.json) + plot + metrics."""
+def probe(model: str, task: str | Path, out: str | Path, params=None, *, track: bool = False,
+          **kwargs: Any) -> dict[str, Any]:  # fmt: skip
+    """Probe a frozen ``model`` on ``task`` layer by layer; writes ``out`` (results.json) + plot + metrics.
+
+    With ``track`` the probe is an MLflow run, and when ``model`` is a registered version
+    (``models:/name/N``) its scores become tags of that version (what ``promote`` compares).
+    """
     from mert.probe.api import probe as _probe
 
-    return _probe(model, task, out, params, **kwargs)
+    report = _probe(model, task, out, params, **kwargs)
+    if track:
+        from mert.probe.tracking import log_probe
+
+        report["mlflow_run_id"] = log_probe(report, out)
+    return report
+
+
+def promote(name: str, tasks: list[str], *, min_delta: float = 0.0, dry_run: bool = False):
+    """Move ``name``'s ``champion`` alias to its ``candidate`` if the candidate wins on ``tasks``' probe scores."""
+    from mert.probe.tracking import promote as _promote
+
+    return _promote(name, tasks, min_delta=min_delta, dry_run=dry_run)
