@@ -68,7 +68,8 @@ def main() -> None:
                 ts.append(time.perf_counter() - t0)
             rows.append((f"mert ingest (workers={workers})", s.ingested_seconds, min(ts)))
         print(f"\n{len(files)} files ({sum(f.stat().st_size for f in files) / 1e6:.0f} MB), cpu_count={os.cpu_count()}")
-        print(f"{'pipeline':32s} {'audio min':>10s} {'wall s':>8s} {'audio-h/wall-min':>17s} {'x realtime':>11s} {'vs plain':>9s}")
+        cols = f"{'audio min':>10s} {'wall s':>8s} {'audio-h/wall-min':>17s} {'x realtime':>11s} {'vs plain':>9s}"
+        print(f"{'pipeline':32s} {cols}")
         base = rows[0][1] / rows[0][2]
         for name, audio_s, wall in rows:
             speed = audio_s / wall
