@@ -143,5 +143,42 @@ def _demo_tasks(source: str) -> list[str]:
     return sorted(str(p) for p in root.iterdir() if p.is_dir()) if source == DEMO_SOURCE and root.exists() else []
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m flows.pipeline``: run the flow once in-process (ephemeral local Prefect) and say where to look."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Run the mert pipeline once, locally.")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profiles", nargs="+")
+    ap.add_argument("--baselines", nargs="*", default=["mfcc", "random:mert-tiny"])
+    ap.add_argument("--max-steps", type=int)
+    ap.add_argument("--label-shards", type=int, default=1)
+    args = ap.parse_args(argv)
+    r = mert_pipeline(params_file=args.params, profiles=args.profiles, baselines=args.baselines,
+                      max_steps=args.max_steps, label_shards=args.label_shards)  # fmt: skip
+    print_report(r)
+
+
+def print_report(r: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title="probe scores (test, at the best validation layer)")
+    for col in ("task", "metric", "model", "best layer", "valid", "test"):
+        t.add_column(col)
+    for row in r["probe"]:
+        t.add_row(row["task"], row["metric"], row["model"], str(row["best_layer"]), f"{row['valid_score']:.3f}",
+                  f"{row['test_score']:.3f}")  # fmt: skip
+    console.print(t)
+    for profile, res in r["pretrain"].items():
+        reg = f"{res.get('registered_model')} v{res.get('registered_version')}"
+        console.print(f"[bold]{profile}[/]: step {res['step']}, export {res['export']}, registered {reg} "
+                      f"(MLflow run {res.get('run_id')})")  # fmt: skip
+    for d in r.get("promote", []):
+        console.print(f"promotion {d['model']}: {'champion -> v' + d['candidate'] if d['promoted'] else 'kept'}: "
+                      f"{d['reason']}")  # fmt: skip
+
+
 if __name__ == "__main__":
-    mert_pipeline()
+    main()
