@@ -12,6 +12,9 @@ BIN="${MERT_VENV:-$PWD/.venv}/bin"
 eval "$(bash infra/local/start.sh prefect | grep '^export PREFECT_API_URL')"
 export PREFECT_API_URL
 bash infra/local/start.sh worker >/dev/null
+# The GPU deployments target pool mert-gpu: create it (empty) so they deploy; start a worker for it on a GPU host
+# with `PREFECT_API_URL=... prefect worker start --pool mert-gpu` (or use infra/k8s/prefect-gpu-job-template.json).
+"$BIN/prefect" work-pool inspect mert-gpu >/dev/null 2>&1 || "$BIN/prefect" work-pool create mert-gpu --type process >/dev/null
 (cd "$MERT_PROJECT_DIR" && "$BIN/prefect" --no-prompt deploy --all)
 [[ "${1:-}" == "--no-run" ]] && exit 0
 "$BIN/prefect" deployment run 'mert-pipeline/demo' --watch
