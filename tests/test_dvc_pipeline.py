@@ -26,16 +26,24 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return r.stdout
 
 
-def test_dvc_repro_runs_the_stages_and_is_then_up_to_date(tmp_path: Path):
+def _tiny_repo(tmp_path: Path, edit=None) -> Path:
+    """A fresh git + DVC repo with the shipped dvc.yaml, the library, and params.yaml shrunk for a test."""
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "mert", repo / "mert", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["demo"].update(n_clips=3, max_seconds=6.0, task_clips=12, task_seconds=1.0)
+    params["demo"].update(n_clips=3, max_seconds=6.0, task_clips=12, task_seconds=1.5)
+    if edit:
+        edit(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     _run(["git", "init", "-q"], repo)
     _run(["dvc", "init", "-q"], repo)
+    return repo
+
+
+def test_dvc_repro_runs_the_stages_and_is_then_up_to_date(tmp_path: Path):
+    repo = _tiny_repo(tmp_path)
     _run(["dvc", "repro", "demo_corpus", "ingest"], repo)
     summary = json.loads((repo / "metrics/ingest.json").read_text())
     assert (summary["found"], summary["ingested"], summary["rejected"]) == (6, 3, 3)
@@ -48,17 +56,13 @@ def test_dvc_repro_runs_the_stages_and_is_then_up_to_date(tmp_path: Path):
 @pytest.mark.slow
 def test_full_dvc_repro_then_nothing_to_do(tmp_path: Path):
     """demo -> ingest -> label -> pretrain -> probe with tiny settings; the second repro does nothing."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(ROOT / "dvc.yaml", repo)
-    shutil.copytree(ROOT / "mert", repo / "mert", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["demo"].update(n_clips=3, max_seconds=6.0, task_clips=12, task_seconds=1.5)
-    params["probe"].update(lrs=[1e-3], max_epochs=3, patience=2)
-    params["pretrain"]["profiles"]["mert-tiny"].update(max_steps=4, warmup_steps=1, save_interval=2, val_interval=0)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    _run(["git", "init", "-q"], repo)
-    _run(["dvc", "init", "-q"], repo)
+
+    def shrink(params: dict) -> None:
+        params["probe"].update(lrs=[1e-3], max_epochs=3, patience=2)
+        tiny = params["pretrain"]["profiles"]["mert-tiny"]
+        tiny.update(max_steps=4, warmup_steps=1, save_interval=2, val_interval=0)
+
+    repo = _tiny_repo(tmp_path, shrink)
     _run(["dvc", "repro"], repo)
     for task in ("key", "timbre", "pitch", "tempo"):
         results = json.loads((repo / f"data/probe/{task}/results.json").read_text())
