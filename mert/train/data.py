@@ -197,6 +197,9 @@ class PretrainLoader:
                 yield item
         finally:
             stop.set()
+            # Join, not just signal: a daemon thread still building tensors at interpreter exit can abort the
+            # process ("terminate called without an active exception").
+            thread.join(timeout=120)
 
 
 def loader_throughput(loader: PretrainLoader, n_steps: int = 20) -> dict[str, float]:

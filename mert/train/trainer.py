@@ -195,22 +195,25 @@ class Trainer:
         p = self.p
         self._log_config()
         it = iter(self.loader)
-        t_last, sec_acc = time.perf_counter(), 0.0
-        while self.step < p.max_steps:
-            t0 = time.perf_counter()
-            batches = next(it)
-            wait = time.perf_counter() - t0
-            metrics = self.train_step(batches)
-            self._account(metrics, batches)
-            sec_acc += sum(b.seconds for b in batches) * self.info.world_size
-            if self.step % p.log_interval == 0 or self.step == p.max_steps:
-                dt = time.perf_counter() - t_last
-                self._log_train(metrics, sec_acc / dt, wait)
-                t_last, sec_acc = time.perf_counter(), 0.0
-            if p.val_interval and self.step % p.val_interval == 0 and self.step < p.max_steps:
-                self._log(self.validate())
-            if (self.step % p.save_interval == 0 or self.step == p.max_steps) and not self.consecutive_skips:
-                self.save_checkpoint()  # never during a run of non-finite steps: the last good one stays newest
+        try:
+            t_last, sec_acc = time.perf_counter(), 0.0
+            while self.step < p.max_steps:
+                t0 = time.perf_counter()
+                batches = next(it)
+                wait = time.perf_counter() - t0
+                metrics = self.train_step(batches)
+                self._account(metrics, batches)
+                sec_acc += sum(b.seconds for b in batches) * self.info.world_size
+                if self.step % p.log_interval == 0 or self.step == p.max_steps:
+                    dt = time.perf_counter() - t_last
+                    self._log_train(metrics, sec_acc / dt, wait)
+                    t_last, sec_acc = time.perf_counter(), 0.0
+                if p.val_interval and self.step % p.val_interval == 0 and self.step < p.max_steps:
+                    self._log(self.validate())
+                if (self.step % p.save_interval == 0 or self.step == p.max_steps) and not self.consecutive_skips:
+                    self.save_checkpoint()  # never during a run of non-finite steps: the last good one stays newest
+        finally:
+            it.close()  # stops and joins the prefetch thread before anything else runs
         final = self.validate()
         self._log(final)
         return {
