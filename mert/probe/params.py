@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from mert.params import section
 from mert.probe.sweep import SweepConfig
 
-REFERENCE_LRS = [5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]
+REFERENCE_LRS = list(SweepConfig.lrs)  # one copy of the reference grid: SweepConfig's default
 """MARBLE's LR grid (reference section 5)."""
 
 
@@ -65,5 +65,5 @@ class ProbeParams:
             raise ValueError("window_seconds, max_epochs, patience and batch_size must be positive")
 
     def sweep_config(self) -> SweepConfig:
-        return SweepConfig(tuple(self.lrs), self.max_epochs, self.patience, self.batch_size, self.hidden,
-                           self.dropout, self.seed, self.weighted_sum, self.beat_tolerance, self.threads)  # fmt: skip
+        names = [f.name for f in fields(SweepConfig) if f.name != "lrs"]
+        return SweepConfig(lrs=tuple(self.lrs), **{n: getattr(self, n) for n in names})

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class SweepConfig:
     """Probe-training settings (the ``probe`` section of params.yaml carries them)."""
 
-    lrs: tuple[float, ...] = (5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)
+    lrs: tuple[float, ...] = (5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)  # the MARBLE grid (reference section 5)
     max_epochs: int = 100
     patience: int = 10
     batch_size: int = 64
