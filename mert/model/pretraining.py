@@ -29,7 +29,19 @@ from mert.model.masking import compute_span_mask
 from mert.model.mixture import mix_in_batch
 
 HEADS = ("nce", "softmax")
-TEACHERS = ("rvq", "kmeans")
+TEACHERS = ("rvq", "kmeans", "bestrq", "melrvq")
+"""Label sources, as metric names spell them: EnCodec RVQ (MERT-v1), k-means (MERT-v0 / HuBERT), mel BEST-RQ
+(MusicFM) and Mel-RVQ (MuQ); the teachers of ``mert label`` (``label.teacher``)."""
+CQT_SCALES = ("linear", "log")
+
+
+def teacher_kind(name: str) -> str:
+    """The :data:`TEACHERS` entry of a label identity's ``name`` (``rvq-random-projection`` -> ``rvq``,
+    ``kmeans-mfcc`` -> ``kmeans``, ``bestrq`` -> ``bestrq``, ``melrvq`` -> ``melrvq``); ``rvq`` (MERT's naming)
+    for anything else, e.g. the ``hash`` stand-in labels.
+    """
+    head = str(name).split("-")[0]
+    return head if head in TEACHERS else "rvq"
 
 
 def _default_weights() -> dict[str, float]:
@@ -43,17 +55,28 @@ class PretrainingConfig:
     final_dim: int = 64
     """Per-codebook projection width of the cosine head (64 for 95M, 128 for 330M)."""
     n_codebooks: int = 8
-    """Label sets K: 8 EnCodec RVQ codebooks at 6 kbps (1 for the k-means teacher)."""
+    """Label sets K: 8 EnCodec RVQ codebooks at 6 kbps; the trainer takes K from the label store."""
     codebook_size: int = 1024
-    """Classes C per label set (1024 RVQ codes; k for the k-means teacher)."""
+    """Classes C per label set (1024 RVQ codes); the trainer takes C from the label store."""
     logit_temp: float = 0.1
     """Cosine-logit temperature; logits are bounded by 1 / logit_temp."""
     head: str = "nce"
     """``"nce"``: the reference HuBERT cosine head; ``"softmax"``: a plain linear classifier variant."""
     teacher: str = "rvq"
-    """Label source, used in metric names: ``"rvq"`` (MERT v1) or ``"kmeans"`` (MERT-v0 / HuBERT baseline)."""
+    """Label source, used in metric names: one of :data:`TEACHERS` (``"rvq"``: MERT v1)."""
     cqt_bins: int = 336
     """CQT bins regressed by the musical head (7 octaves x 48 bins from 32.7 Hz)."""
+    cqt_scale: str = "linear"
+    """Scale of the CQT target in the loss. ``"linear"``: the reference (nnAudio's linear magnitude ``|C|``).
+    ``"log"`` (a documented deviation): ``(log1p(cqt_log_gain * |C|) - cqt_log_mean) / cqt_log_std``, which
+    compresses the dynamic range (the linear target is dominated by the few loudest bins) and standardises it."""
+    cqt_log_gain: float = 100.0
+    """Gain before ``log1p`` in the ``log`` scale: magnitudes well below ``1 / gain`` stay linear (a soft floor)."""
+    cqt_log_mean: float = 1.2
+    """Mean of ``log1p(gain |C|)`` subtracted in the ``log`` scale. Default: measured on the synthetic demo corpus;
+    ``mert teacher fit CORPUS OUT --teacher cqt`` measures it (and the std) on your corpus."""
+    cqt_log_std: float = 1.3
+    """Standard deviation of ``log1p(gain |C|)`` divided out in the ``log`` scale (see ``cqt_log_mean``)."""
     loss_weights: dict[str, float] = field(default_factory=_default_weights)
     """Weight per loss part; ``loss/{teacher}_ce`` weights each codebook's CE (their sum is the part)."""
     mask_prob: float = 0.8
@@ -77,8 +100,14 @@ class PretrainingConfig:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
-        if self.teacher == "kmeans" and self.n_codebooks != 1:
-            raise ValueError("the k-means teacher has a single label set: n_codebooks must be 1")
+        if self.n_codebooks < 1 or self.codebook_size < 2:
+            raise ValueError(
+                f"n_codebooks must be >= 1 and codebook_size >= 2, got {self.n_codebooks}, {self.codebook_size}"
+            )
+        if self.cqt_scale not in CQT_SCALES:
+            raise ValueError(f"cqt_scale must be one of {CQT_SCALES}, got {self.cqt_scale!r}")
+        if self.cqt_log_gain <= 0 or self.cqt_log_std <= 0:
+            raise ValueError("cqt_log_gain and cqt_log_std must be > 0")
         self.mixture_len_range = tuple(self.mixture_len_range)
         self.mixture_n_range = tuple(self.mixture_n_range)
         unknown = set(self.loss_weights) - set(self.loss_parts)
@@ -106,16 +135,26 @@ class PretrainingConfig:
         return dataclasses.replace(PRESETS[name], **overrides)
 
     @classmethod
+    def for_labels(
+        cls, name: str, teacher: str, n_codebooks: int, codebook_size: int, **overrides: Any
+    ) -> PretrainingConfig:
+        """Preset ``name`` with its heads sized for a label set: ``teacher`` (metric names), K and C.
+
+        The preset's label cross-entropy weight moves to ``loss/{teacher}_ce``; everything else (CQT and
+        feature-penalty weights, masking, mixture) is the preset's. ``overrides`` apply last.
+        """
+        base = cls.from_name(name)
+        weights = {(f"loss/{teacher}_ce" if k == base.label_key else k): v for k, v in base.loss_weights.items()}
+        fields = dict(teacher=teacher, n_codebooks=n_codebooks, codebook_size=codebook_size, loss_weights=weights)
+        return dataclasses.replace(base, **{**fields, **overrides})
+
+    @classmethod
     def kmeans_baseline(cls, name: str, clusters: int = 500, **overrides: Any) -> PretrainingConfig:
         """The MERT-v0 / HuBERT-style baseline: one k-means label set of ``clusters`` classes.
 
         CQT and feature-penalty weights are kept from the preset (MERT-v0 also regressed the CQT).
         """
-        base = cls.from_name(name)
-        weights = {k: v for k, v in base.loss_weights.items() if k != base.label_key}
-        weights = {"loss/kmeans_ce": 1.0, **weights}
-        fields = dict(teacher="kmeans", n_codebooks=1, codebook_size=clusters, loss_weights=weights)
-        return dataclasses.replace(base, **{**fields, **overrides})
+        return cls.for_labels(name, "kmeans", 1, clusters, **overrides)
 
 
 PRESETS: dict[str, PretrainingConfig] = {
@@ -126,6 +165,15 @@ PRESETS: dict[str, PretrainingConfig] = {
     # MERT_RVQ-VAE_CQT_330M.yaml
     "mert-330m": PretrainingConfig(final_dim=128, mixture_len_range=(12000, 36000)),
 }
+
+
+def cqt_scaled(cqt: torch.Tensor, config: PretrainingConfig) -> torch.Tensor:
+    """The CQT regression target on ``config.cqt_scale``: ``|C|`` (``linear``, the reference) or
+    ``(log1p(cqt_log_gain |C|) - cqt_log_mean) / cqt_log_std`` (``log``); any shape, elementwise.
+    """
+    if config.cqt_scale == "linear":
+        return cqt
+    return (torch.log1p(config.cqt_log_gain * cqt) - config.cqt_log_mean) / config.cqt_log_std
 
 
 CQTFn = Callable[[torch.Tensor], torch.Tensor]
@@ -141,7 +189,7 @@ class PretrainingOutput:
         metrics: Detached scalars: every loss part (``loss/rvq_ce`` = sum over codebooks, ``loss/rvq_ce_{k}``,
             ``loss/cqt_mse``, ``loss/feature_pen``), ``loss/total``, ``acc/rvq_{k}`` (masked-frame top-1
             accuracy per codebook), ``mask_frac`` (masked fraction of frames) and ``mix_frac`` (mixed clips).
-            ``rvq`` reads ``kmeans`` for the k-means teacher.
+            ``rvq`` reads ``config.teacher`` (``kmeans``, ``bestrq``, ``melrvq``) for the other teachers.
         mask: (B, T) bool, the masked frames (T = frames used, after trimming to the label length).
         mixed: (B,) bool, the clips that received in-batch noise.
     """
@@ -282,7 +330,7 @@ class MERTPretrainingModel(nn.Module):
         if cqt_target.shape[2] < T:
             raise ValueError(f"cqt_target has {cqt_target.shape[2]} frames, fewer than the {T} encoder frames")
         target = cqt_target[:, :, :T].transpose(1, 2)[mask]  # (N, n_bins)
-        return F.mse_loss(self.cqt_head(x).float(), target.float())
+        return F.mse_loss(self.cqt_head(x).float(), cqt_scaled(target.float(), self.config))
 
     def _total(self, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
         """``sum(w * part)`` over the configured weights; a weighted part that was not computed is an error."""

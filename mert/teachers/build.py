@@ -11,14 +11,93 @@ from mert.teachers.base import TeacherError
 log = logging.getLogger(__name__)
 
 
-def build_teacher(params, corpus_dir: str | Path | None = None, labels_dir: str | Path | None = None):
-    """The teacher ``params`` (a ``LabelParams``) selects; a k-means teacher is fitted on the corpus if needed."""
+def build_teacher(
+    params, corpus_dir: str | Path | None = None, labels_dir: str | Path | None = None, progress: bool = True
+):
+    """The teacher ``params`` (a ``LabelParams``) selects.
+
+    What a teacher needs from the corpus (k-means centroids, mel statistics, a fitted Mel-RVQ) is computed on
+    ``corpus_dir`` and saved under ``labels_dir`` when the params name no file, and reused by later runs.
+    """
     if params.teacher == "rvq":
         from mert.teachers.rvq import build_rvq_teacher
 
         r = params.rvq
         return build_rvq_teacher(r.weights, r.seed, r.bandwidth, r.context_seconds, params.chunk_seconds)
+    if params.teacher == "bestrq":
+        return build_bestrq_teacher(params, corpus_dir, labels_dir)
+    if params.teacher == "melrvq":
+        return build_melrvq_teacher(params, corpus_dir, labels_dir, progress)
     return build_kmeans_teacher(params, corpus_dir, labels_dir)
+
+
+def _chunk(params) -> int:
+    return max(1, round(params.chunk_seconds * 75))
+
+
+def build_bestrq_teacher(params, corpus_dir: str | Path | None = None, labels_dir: str | Path | None = None):
+    """Mel BEST-RQ with ``label.bestrq.stats``, or the corpus statistics computed earlier / now."""
+    from mert.teachers.bestrq import BestRQTeacher
+    from mert.teachers.mel import MelSpec, corpus_mel_stats
+
+    b = params.bestrq
+    spec = MelSpec(24_000, b.n_fft, b.n_mels, b.stack)
+    stats = corpus_mel_stats(spec, b.stats, b.fit_frames, corpus_dir, labels_dir)
+    return BestRQTeacher(spec, stats, b.n_codebooks, b.codebook_size, b.codebook_dim, b.seed, _chunk(params))
+
+
+def melrvq_model_dir(params, corpus: Corpus, labels_dir: str | Path) -> Path:
+    """``<labels_dir>/melrvq-models/<key>``: keyed by the fit settings and the corpus clips' hashes."""
+    from mert.utils.io import sha256_json
+
+    settings = params.melrvq.settings().as_dict()
+    key = sha256_json({"settings": settings, "clips": [c.sha256 for c in corpus]})
+    return Path(labels_dir) / "melrvq-models" / key[:12]
+
+
+def fit_melrvq_model(params, corpus_dir: str | Path, out_dir: str | Path, stats_dir: str | Path, progress: bool):
+    """Fit (or resume fitting) the Mel-RVQ of ``label.melrvq`` on the corpus into ``out_dir``.
+
+    The mel statistics are computed on the corpus (saved under ``stats_dir/mel-stats/``) and stored in the model.
+    """
+    from mert.teachers.mel import corpus_mel_stats
+    from mert.teachers.melrvq import fit_melrvq
+
+    m = params.melrvq
+    settings = m.settings()
+    stats = corpus_mel_stats(settings.spec, None, m.fit_frames, corpus_dir, stats_dir)
+    corpus = Corpus(corpus_dir, verify=False)
+    log.info("Mel-RVQ: fitting %d x %d codes on %d clips -> %s", m.n_codebooks, m.codebook_size, len(corpus), out_dir)
+    return fit_melrvq(corpus, settings, stats, out_dir, checkpoint_every=m.checkpoint_every, progress=progress)
+
+
+def build_melrvq_teacher(
+    params, corpus_dir: str | Path | None = None, labels_dir: str | Path | None = None, progress: bool = True
+):
+    """Load ``label.melrvq.model``, or the model fitted earlier on this corpus, or fit and save one.
+
+    The fit is seeded, so processes on one machine that label shards of the same corpus fit the same model;
+    across machines fit once (``mert teacher fit``) and pass ``label.melrvq.model``.
+    """
+    from mert.teachers.melrvq import MODEL_FILE, MelRVQModel, MelRVQTeacher
+
+    m = params.melrvq
+    if m.model:
+        model = MelRVQModel.load(m.model)
+        if model.settings != m.settings():
+            raise TeacherError(
+                f"Mel-RVQ model {m.model} was fitted with {model.settings.as_dict()}, "
+                f"params say {m.settings().as_dict()}"
+            )
+        return MelRVQTeacher(model, _chunk(params))
+    if corpus_dir is None or labels_dir is None:
+        raise TeacherError("label.melrvq.model is null: a corpus and a labels dir are needed to fit one")
+    path = melrvq_model_dir(params, Corpus(corpus_dir, verify=False), labels_dir)
+    if (path / MODEL_FILE).exists():
+        log.info("Mel-RVQ: reusing the model fitted on this corpus: %s", path)
+        return MelRVQTeacher(MelRVQModel.load(path), _chunk(params))
+    model = fit_melrvq_model(params, corpus_dir, path, labels_dir, progress)
+    return MelRVQTeacher(model, _chunk(params))
 
 
 def build_kmeans_teacher(params, corpus_dir: str | Path | None = None, labels_dir: str | Path | None = None):
@@ -33,7 +112,7 @@ def build_kmeans_teacher(params, corpus_dir: str | Path | None = None, labels_di
     k = params.kmeans
     settings = {"features": list(k.features), "n_clusters": list(k.n_clusters), "n_mels": k.n_mels}
     settings.update(n_mfcc=k.n_mfcc, sample_rate=24_000, seed=k.seed)
-    chunk = max(1, round(params.chunk_seconds * 75))
+    chunk = _chunk(params)
     if k.model:
         model = KMeansModel.load(k.model)
         if {key: model.settings.get(key) for key in settings} != settings:

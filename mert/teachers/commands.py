@@ -1,4 +1,7 @@
-"""CLI: ``mert label CORPUS_DIR LABELS_DIR`` (teacher and settings from ``params.yaml`` section ``label``)."""
+"""CLI: ``mert label CORPUS_DIR LABELS_DIR`` and ``mert teacher fit CORPUS_DIR OUT_DIR``.
+
+The teacher and its settings come from ``params.yaml`` section ``label``.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,25 @@ from pathlib import Path
 
 from mert.cli import add_params_arg
 
+TEACHERS = ("rvq", "kmeans", "bestrq", "melrvq")  # mert.teachers.config.TEACHER_NAMES (kept cheap to import)
+FITTABLE = ("melrvq", "bestrq", "kmeans", "cqt")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("label", help="label an ingested corpus with the teacher chosen in params (rvq or kmeans)")
+    _register_label(sub)
+    _register_teacher(sub)
+
+
+def _register_label(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("label", help="label an ingested corpus with the teacher chosen in params")
     p.add_argument("corpus", type=Path, help="ingested corpus directory (mert ingest)")
     p.add_argument("labels", type=Path, help="labels directory (one sub-directory per teacher identity)")
-    p.add_argument("--teacher", choices=["rvq", "kmeans"], help="override label.teacher")
+    p.add_argument(
+        "--teacher",
+        choices=TEACHERS,
+        help="override label.teacher: rvq (EnCodec, MERT-v1) | kmeans (MFCC k-means, MERT-v0) | "
+        "bestrq (mel BEST-RQ, MusicFM) | melrvq (Mel-RVQ, MuQ)",
+    )
     p.add_argument("--weights", help="override label.rvq.weights: pretrained | random | PATH")
     p.add_argument("--device", help="override label.device: cpu | cuda | cuda:N | auto")
     p.add_argument("--batch-size", type=int, dest="batch_size")
@@ -83,3 +99,144 @@ def print_summary(s) -> None:
         f"wall {s.wall_seconds:.1f} s (encode {s.encode_seconds:.1f} s, {s.batches} batches of "
         f"{s.windows} windows), {s.x_realtime:.1f}x real time"
     )
+    print_usage(s.usage, console)
+
+
+def print_usage(usage: dict, console=None) -> None:
+    """The per-codebook code-usage table of a ``LabelStore.usage`` dict, and a WARNING per single-code codebook."""
+    import math
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mert.teachers.label_run import single_code_codebooks, single_code_warning
+
+    console = console or Console()
+    if not usage.get("codebooks"):
+        return
+    title = f"code usage: {usage['clips']} clips, {usage['frames']} frames"
+    t = Table(title=title, show_header=True)
+    for name in ("codebook", "codes used", "entropy bits", "/ max", "top code", "top share"):
+        t.add_column(name, justify="right")
+    for k, u in usage["codebooks"].items():
+        t.add_row(
+            k,
+            f"{u['distinct']} / {u['codebook_size']}",
+            f"{u['entropy_bits']:.2f}",
+            f"{u['entropy_bits'] / math.log2(u['codebook_size']):.2f}",  # of log2(C) bits
+            str(u["top_code"]),
+            f"{u['top_share']:.3f}",
+        )
+    console.print(t)
+    for k in single_code_codebooks(usage):
+        console.print(f"[bold red]WARNING[/]: {single_code_warning(usage, k)}", highlight=False)
+
+
+def _register_teacher(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("teacher", help="teacher tools: fit a teacher on an ingested corpus")
+    tsub = p.add_subparsers(dest="teacher_command", required=True, metavar="COMMAND")
+    f = tsub.add_parser(
+        "fit",
+        help="fit a teacher on a corpus: melrvq (Mel-RVQ), bestrq (mel statistics), kmeans (centroids) or cqt "
+        "(log-CQT statistics)",
+        description="Fit what a teacher learns from a corpus, with params.yaml `label.<teacher>`, into OUT_DIR; "
+        "then set label.melrvq.model / label.bestrq.stats / label.kmeans.model to OUT_DIR. A killed Mel-RVQ fit "
+        "resumes from OUT_DIR's checkpoint. (`mert label` fits on demand when those are null.) `--teacher cqt` "
+        "measures the statistics of the log-scaled CQT target (objective_overrides cqt_scale: log).",
+    )
+    f.add_argument("corpus", type=Path, help="ingested corpus directory (mert ingest)")
+    f.add_argument("out", type=Path, help="output directory of the fitted model")
+    f.add_argument("--teacher", choices=FITTABLE, default="melrvq", help="which teacher to fit (default melrvq)")
+    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--json", action="store_true", help="print the fit report as JSON")
+    add_params_arg(f)
+    f.set_defaults(handler=_fit)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from mert.params import load_section
+
+    params = load_section("label", args.params)
+    fit = {"melrvq": _fit_melrvq, "bestrq": _fit_bestrq, "kmeans": _fit_kmeans, "cqt": _fit_cqt}[args.teacher]
+    report = fit(args, params)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def _fit_melrvq(args: argparse.Namespace, params) -> dict:
+    from rich.console import Console
+
+    from mert.teachers.build import fit_melrvq_model
+    from mert.teachers.melrvq import MODEL_FILE, MelRVQModel
+
+    want = params.melrvq.settings()
+    if (args.out / MODEL_FILE).exists():
+        model = MelRVQModel.load(args.out)
+        if model.settings != want:
+            raise SystemExit(
+                f"mert teacher fit: {args.out} holds a Mel-RVQ fitted with other settings; use another dir"
+            )
+    else:
+        model = fit_melrvq_model(params, args.corpus, args.out, args.out, progress=not args.no_progress)
+    info = model.fit_info
+    report = {"teacher": "melrvq", "model": str(args.out), "hash": model.hash, **info}
+    report.pop("history", None)
+    if not args.json:
+        console = Console()
+        console.print(
+            f"Mel-RVQ {want.n_codebooks} x {want.codebook_size}: {info['steps']} steps on {info['tokens']} tokens; "
+            f"reconstruction L1 {info['recon_l1_initial']:.4f} -> {info['recon_l1_final']:.4f} "
+            f"(normalised log-mel, {info['eval_tokens']} tokens); {info['replaced_codes']} dead codes replaced"
+        )
+        usage = {"teacher": "melrvq", "clips": info["clips"], "frames": info["eval_tokens"]}
+        usage.update(codebook_size=want.codebook_size, codebooks={str(u["codebook"]): u for u in info["usage"]})
+        print_usage(usage, console)
+        console.print(f"model: {args.out} (hash {model.hash[:12]}); use it with label.melrvq.model: {args.out}")
+    return report
+
+
+def _fit_bestrq(args: argparse.Namespace, params) -> dict:
+    from mert.data.shards import Corpus
+    from mert.teachers.mel import MelSpec, compute_mel_stats
+
+    b = params.bestrq
+    stats = compute_mel_stats(
+        Corpus(args.corpus, verify=False), MelSpec(24_000, b.n_fft, b.n_mels, b.stack), b.fit_frames
+    )
+    path = stats.save(args.out)
+    if not args.json:
+        print(f"mel statistics: mean {stats.mean} dB, std {stats.std} dB over {stats.frames} frames -> {path}")
+        print(f"use them with label.bestrq.stats: {path}")
+    return {"teacher": "bestrq", "stats": str(path), "hash": stats.hash, "mean": stats.mean, "std": stats.std}
+
+
+def _fit_kmeans(args: argparse.Namespace, params) -> dict:
+    from mert.data.shards import Corpus
+    from mert.teachers.kmeans import fit_kmeans
+
+    k = params.kmeans
+    settings = {"features": list(k.features), "n_clusters": list(k.n_clusters), "n_mels": k.n_mels}
+    settings.update(n_mfcc=k.n_mfcc, sample_rate=24_000, seed=k.seed)
+    model = fit_kmeans(Corpus(args.corpus, verify=False), settings, k.fit_frames)
+    model.save(args.out)
+    if not args.json:
+        print(f"k-means {settings['features']} x {settings['n_clusters']} -> {args.out}")
+        print(f"use it with label.kmeans.model: {args.out}")
+    return {"teacher": "kmeans", "model": str(args.out), "hash": model.hash, **model.fit_info}
+
+
+def _fit_cqt(args: argparse.Namespace, params) -> dict:
+    from mert.data.shards import Corpus
+    from mert.model.pretraining import PretrainingConfig
+    from mert.teachers.cqt import log_cqt_stats
+    from mert.utils.io import atomic_write_json
+
+    stats = log_cqt_stats(Corpus(args.corpus, verify=False), PretrainingConfig.cqt_log_gain)
+    path = args.out / "cqt-stats.json"
+    atomic_write_json(path, stats)
+    if not args.json:
+        over = {k: v for k, v in stats.items() if k != "frames"}
+        print(f"log-CQT statistics over {stats['frames']} frames -> {path}")
+        print(f"use them with objective_overrides: {json.dumps({'cqt_scale': 'log', **over})}")
+    return {"teacher": "cqt", "stats": str(path), **stats}

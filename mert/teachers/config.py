@@ -55,12 +55,96 @@ class KMeansParams:
             raise ValueError("kmeans.n_clusters must fit uint16 labels")
 
 
+@dataclass
+class BestRQParams:
+    """Mel BEST-RQ teacher (``label.bestrq``), MusicFM (Won et al. 2023): frozen random projection + codebook."""
+
+    n_codebooks: int = 1
+    """K independent projection + codebook pairs (MusicFM: 1; e.g. 8 for EnCodec's shape)."""
+    codebook_size: int = 4096
+    """C codes per codebook (MusicFM: 4096)."""
+    codebook_dim: int = 16
+    """Projection width (MusicFM: 16)."""
+    seed: int = 142
+    """Codebook k is drawn under seed + k (MusicFM: 142)."""
+    n_mels: int = 128
+    n_fft: int = 2048
+    stack: int = 4
+    """Mel frames per token; the mel hop is 320 / stack samples so that tokens come at the student's 75 Hz."""
+    fit_frames: int = 200_000
+    """At most this many student frames (spread over the corpus) enter the mel statistics."""
+    stats: str | None = None
+    """A ``mel-stats.json`` (``mert teacher fit --teacher bestrq``); null = computed on the corpus and saved
+    under ``<labels_dir>/mel-stats/``."""
+
+    def __post_init__(self):
+        _check_codebooks("bestrq", self.n_codebooks, self.codebook_size, self.codebook_dim)
+        _check_mel("bestrq", self.n_mels, self.n_fft, self.stack)
+
+
+@dataclass
+class MelRVQParams:
+    """Mel-RVQ teacher (``label.melrvq``), MuQ (Zhu et al. 2025): a residual VQ fitted to reconstruct the mel."""
+
+    n_codebooks: int = 8
+    codebook_size: int = 1024
+    codebook_dim: int = 16
+    n_mels: int = 128
+    n_fft: int = 2048
+    stack: int = 4
+    stale_steps: int = 100
+    """A code unused for this many consecutive steps is replaced (MuQ: 100)."""
+    commitment_weight: float = 0.25
+    lr: float = 1e-3
+    """Adam learning rate (MuQ: 1e-4 over 4000 steps of 32 x 5 s; larger here so a CPU fit takes minutes)."""
+    steps: int = 1000
+    batch_frames: int = 4096
+    """Tokens (75 Hz frames) per step, drawn at random from the fit sample."""
+    fit_frames: int = 200_000
+    """At most this many student frames (spread over the corpus) form the fit sample and the mel statistics."""
+    seed: int = 0
+    checkpoint_every: int = 100
+    """Steps between fit checkpoints (a killed fit resumes; does not change the model)."""
+    model: str | None = None
+    """A fitted model directory (``mert teacher fit``); null = fit on the corpus (``<labels_dir>/melrvq-models/``)."""
+
+    def __post_init__(self):
+        _check_codebooks("melrvq", self.n_codebooks, self.codebook_size, self.codebook_dim)
+        _check_mel("melrvq", self.n_mels, self.n_fft, self.stack)
+        if min(self.steps, self.batch_frames, self.fit_frames, self.stale_steps, self.checkpoint_every) < 1:
+            raise ValueError("melrvq: steps, batch_frames, fit_frames, stale_steps and checkpoint_every must be >= 1")
+        if self.lr <= 0 or self.commitment_weight < 0:
+            raise ValueError("melrvq: lr must be > 0 and commitment_weight >= 0")
+
+    def settings(self):
+        """The :class:`mert.teachers.melrvq.MelRVQSettings` these parameters fit."""
+        from mert.teachers.melrvq import MelRVQSettings
+
+        keep = ("model", "checkpoint_every")
+        return MelRVQSettings(**{k: v for k, v in self.__dict__.items() if k not in keep})
+
+
+def _check_codebooks(name: str, k: int, c: int, d: int) -> None:
+    if k < 1 or d < 1 or not 2 <= c <= 65536:
+        raise ValueError(f"{name}: n_codebooks and codebook_dim must be >= 1, codebook_size in [2, 65536] (uint16)")
+
+
+def _check_mel(name: str, n_mels: int, n_fft: int, stack: int) -> None:
+    if stack < 1 or 320 % stack or n_mels < 1 or n_fft < 320 // stack:
+        raise ValueError(f"{name}: stack must divide 320, n_mels >= 1 and n_fft >= the mel hop 320 / stack")
+
+
+TEACHER_NAMES = ("rvq", "kmeans", "bestrq", "melrvq")
+"""``label.teacher``: EnCodec RVQ (MERT-v1), MFCC k-means (MERT-v0 / HuBERT), mel BEST-RQ (MusicFM), Mel-RVQ (MuQ)."""
+
+
 @section("label")
 @dataclass
 class LabelParams:
     """Parameters of ``mert label`` (``params.yaml`` section ``label``)."""
 
-    teacher: Literal["rvq", "kmeans"] = "rvq"
+    teacher: Literal["rvq", "kmeans", "bestrq", "melrvq"] = "rvq"
+    """See :data:`TEACHER_NAMES`."""
     batch_size: int = 8
     """Windows encoded per forward pass."""
     chunk_seconds: float = 30.0
@@ -69,6 +153,8 @@ class LabelParams:
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available). Does not change the labels' key."""
     rvq: RVQParams = field(default_factory=RVQParams)
     kmeans: KMeansParams = field(default_factory=KMeansParams)
+    bestrq: BestRQParams = field(default_factory=BestRQParams)
+    melrvq: MelRVQParams = field(default_factory=MelRVQParams)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.chunk_seconds < 1.0:

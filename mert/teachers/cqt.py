@@ -331,3 +331,38 @@ def build_cqt(kind: str = "fast", device: str | torch.device | None = None, spec
     else:
         raise ValueError(f"unknown CQT kind {kind!r}: expected 'fast' or 'reference'")
     return module.to(device) if device is not None else module
+
+
+@torch.no_grad()
+def log_cqt_stats(corpus, gain: float = 100.0, seconds: float = 600.0, crop_seconds: float = 5.0) -> dict[str, float]:
+    """Mean and std of ``log1p(gain * |CQT|)`` over crops spread evenly over a corpus (for ``cqt_scale: log``).
+
+    Args:
+        corpus: a ``mert.data.shards.Corpus``.
+        gain: ``PretrainingConfig.cqt_log_gain``.
+        seconds: audio budget; one crop of ``crop_seconds`` from the start of every k-th clip.
+        crop_seconds: crop length.
+
+    Returns:
+        ``{"cqt_log_gain", "cqt_log_mean", "cqt_log_std", "frames"}`` (fields of ``PretrainingConfig``; the
+        values rounded to 1e-4), the objective_overrides of a ``log``-scale run on this corpus.
+    """
+    cqt = build_cqt("fast")
+    n = int(crop_seconds * corpus.sample_rate)
+    clips = [c for c in corpus.clips if c.length >= n] or list(corpus.clips)
+    step = max(1, round(len(clips) * crop_seconds / seconds))
+    total, total_sq, count = 0.0, 0.0, 0
+    for clip in clips[::step]:
+        x = torch.from_numpy(np.ascontiguousarray(corpus.audio(clip, 0, min(n, clip.length))))[None]
+        y = torch.log1p(gain * cqt(x)).double()  # (1, n_bins, T)
+        total, total_sq, count = total + float(y.sum()), total_sq + float(y.pow(2).sum()), count + y.numel()
+    if not count:
+        raise ValueError(f"no audio in corpus {corpus.root}")
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean**2, 1e-12))
+    return {
+        "cqt_log_gain": gain,
+        "cqt_log_mean": round(mean, 4),
+        "cqt_log_std": round(std, 4),
+        "frames": count // cqt.spec.n_bins,
+    }

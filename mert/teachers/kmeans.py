@@ -122,7 +122,7 @@ class KMeansTeacher(TargetExtractor):
         return self.model.hash
 
 
-def _fit_windows(corpus: Corpus, clips: list[Clip], budget: int) -> list[tuple[Clip, int, int]]:
+def fit_windows(corpus: Corpus, clips: list[Clip], budget: int) -> list[tuple[Clip, int, int]]:
     """Up to ``budget`` frames' worth of evenly spread 30 s windows ``(clip, start, length)`` from ``clips``."""
     total = sum(student_frames(c.length) for c in clips)
     keep = min(1.0, budget / max(total, 1))
@@ -150,7 +150,7 @@ def fit_kmeans(corpus: Corpus, settings: dict[str, Any], fit_frames: int = 200_0
 
     probe = KMeansTeacher(_empty_model(settings))
     feats: list[list[np.ndarray]] = [[] for _ in settings["features"]]
-    for clip, start, n in _fit_windows(corpus, corpus.clips, fit_frames):
+    for clip, start, n in fit_windows(corpus, corpus.clips, fit_frames):
         try:
             x = torch.from_numpy(corpus.audio(clip, start, n))[None]
         except Exception as e:  # noqa: BLE001 - a bad shard must not stop the fit

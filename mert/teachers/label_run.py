@@ -72,6 +72,9 @@ class LabelSummary:
     batches: int = 0
     rejects_csv: str | None = None
     reasons: dict[str, int] = field(default_factory=dict)
+    usage: dict = field(default_factory=dict)
+    """Code usage over every labelled clip of the corpus (``LabelStore.usage``), also in the store's usage.json."""
+    usage_seconds: float = 0.0
 
     @property
     def x_realtime(self) -> float:
@@ -268,12 +271,16 @@ def label_corpus(
     stop: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    usage: bool = True,
 ) -> LabelSummary:
     """Label manifest rows ``[start, stop)``, block ``shard_index`` of ``num_shards``, into ``labels_dir``.
 
     Returns:
         A :class:`LabelSummary`. Unreadable / truncated / non-finite audio and clips too short for
-        one student frame are listed in the range's ``label_rejects*.csv`` and skipped.
+        one student frame are listed in the range's ``label_rejects*.csv`` and skipped. With ``usage``, the
+        code usage of every clip of the corpus labelled in the store so far (all ranges) is computed after the
+        run (not counted in ``wall_seconds``), written to the store's ``usage.json`` and logged with a warning
+        for every codebook that uses a single code.
     """
     t0 = time.perf_counter()
     corpus = Corpus(corpus_dir, verify=False)  # a bad shard rejects its clips, not the run
@@ -306,7 +313,26 @@ def label_corpus(
     whole = (rows[0], rows[1]) == (0, len(corpus.clips))
     s.rejects_csv = str(_write_rejects(store.root, rows, whole, rejects))
     s.wall_seconds = time.perf_counter() - t0
+    if usage:
+        t1 = time.perf_counter()
+        s.usage = store.write_usage(corpus.clips, teacher.codebook_size)
+        s.usage_seconds = time.perf_counter() - t1
+        for k in single_code_codebooks(s.usage):
+            log.warning("%s", single_code_warning(s.usage, k))
     return s
+
+
+def single_code_codebooks(usage: dict) -> list[str]:
+    """Codebooks of a ``LabelStore.usage`` dict whose labels use one code only."""
+    return [k for k, u in usage.get("codebooks", {}).items() if u["distinct"] == 1]
+
+
+def single_code_warning(usage: dict, k: str) -> str:
+    u = usage["codebooks"][k]
+    return (
+        f"codebook {k} of {usage['teacher']} uses a single code (code {u['top_code']} on all {u['frames']} "
+        "frames): it carries no information for the student"
+    )
 
 
 def label_array(teacher: TargetExtractor, wav: np.ndarray, batch_size: int = 8) -> np.ndarray:
@@ -376,7 +402,7 @@ def run_label(
     """The ``label`` stage: build the teacher from ``params`` (``LabelParams``) and label the range."""
     from mert.teachers.build import build_teacher
 
-    teacher = build_teacher(params, corpus_dir, labels_dir)
+    teacher = build_teacher(params, corpus_dir, labels_dir, progress=progress)
     return label_corpus(
         corpus_dir,
         labels_dir,

@@ -7,6 +7,7 @@ Layout::
         clips/<sha[:2]>/<sha>-<length>.npy     (n_codebooks, student_frames(length)) uint16
         clips/<sha[:2]>/<sha>-<length>.json    {clip_id, sha256, length, sample_rate, frames, n_codebooks, teacher}
         label_rejects.csv                  clips the last run could not label (per range when sharded)
+        usage.json                         per-codebook code usage over the corpus's labelled clips (last run)
 
 ``sha`` is the clip's source-file SHA-256 from the manifest and ``length`` its sample count at
 the corpus rate, so the cache key is (audio content, teacher identity): identical audio is
@@ -22,6 +23,7 @@ mismatch: mismatched labels are never returned.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,10 @@ from mert.data.shards import Clip
 from mert.teachers.base import crop_slice, student_frames
 from mert.utils.io import atomic_save_npy, atomic_write_json
 
+log = logging.getLogger(__name__)
+
 TEACHER_FILE = "teacher.json"
+USAGE_FILE = "usage.json"
 CLIP_DIR = "clips"
 
 
@@ -147,3 +152,35 @@ class LabelStore:
         if start < 0 or start + length > clip.length:
             raise ValueError(f"crop [{start}, {start + length}) outside clip {clip.id} of {clip.length} samples")
         return np.array(self.load(clip, sample_rate)[:, crop_slice(start, length)])
+
+    def usage(self, clips: list[Clip], codebook_size: int) -> dict[str, Any]:
+        """Per-codebook code usage (``mert.teachers.usage``) over the clips of ``clips`` labelled in this store.
+
+        Each distinct (content, length) is counted once; labels that fail :meth:`load` are skipped with a warning.
+
+        Returns:
+            ``{"teacher", "clips", "frames", "codebook_size", "codebooks": {"0": CodeUsage dict, ...}}``; no
+            ``codebooks`` entry when no clip is labelled.
+        """
+        from mert.teachers.usage import code_usage
+
+        arrays, seen = [], set()
+        for clip in clips:
+            if (clip.sha256, clip.length) in seen or not self.has(clip):
+                continue
+            seen.add((clip.sha256, clip.length))
+            try:
+                arrays.append(self.load(clip))
+            except LabelError as e:
+                log.warning("code usage: skipping clip %s: %s", clip.id, e)
+        out: dict[str, Any] = {"teacher": self.key, "clips": len(arrays), "codebook_size": codebook_size}
+        out["frames"] = int(sum(a.shape[1] for a in arrays))
+        if arrays:
+            out["codebooks"] = {str(u.codebook): u.as_dict() for u in code_usage(arrays, codebook_size)}
+        return out
+
+    def write_usage(self, clips: list[Clip], codebook_size: int) -> dict[str, Any]:
+        """:meth:`usage`, also written atomically to ``usage.json`` in the store."""
+        usage = self.usage(clips, codebook_size)
+        atomic_write_json(self.root / USAGE_FILE, usage)
+        return usage

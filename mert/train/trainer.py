@@ -22,7 +22,7 @@ import torch
 
 from mert.data.shards import Corpus
 from mert.model.config import MERTConfig
-from mert.model.pretraining import MERTPretrainingModel, PretrainingConfig
+from mert.model.pretraining import MERTPretrainingModel, PretrainingConfig, teacher_kind
 from mert.train import checkpoint as ckpt
 from mert.train.data import Batch, CropSampler, PretrainLoader
 from mert.train.distributed import DistInfo, all_reduce_mean, unwrap, wrap_model
@@ -132,11 +132,10 @@ class Trainer:
         return self
 
     def _objective(self) -> PretrainingConfig:
-        """The preset's objective; the MERT-v0/HuBERT k-means baseline when the labels are one k-means set."""
-        p, lab = self.p, self.labels
-        if str(lab.identity().get("name", "")).startswith("kmeans") and lab.n_codebooks == 1:
-            return PretrainingConfig.kmeans_baseline(p.model, lab.codebook_size, **p.objective_overrides)
-        return PretrainingConfig.from_name(p.model, **p.objective_overrides)
+        """The preset's objective with heads sized from the labels (K, C) and metrics named after their teacher."""
+        lab, teacher = self.labels, teacher_kind(self.labels.identity().get("name", ""))
+        K, C, over = lab.n_codebooks, lab.codebook_size, self.p.objective_overrides
+        return PretrainingConfig.for_labels(self.p.model, teacher, K, C, **over)
 
     def _check_labels(self) -> None:
         o, lab = self.objective, self.labels

@@ -16,8 +16,23 @@ from mert.utils.io import atomic_save_npy
 SR = 24_000
 
 
-def make_corpus(root: Path, seconds: list[float], per_shard: int = 2, seed: int = 0) -> list[S.Clip]:
-    """Write a corpus of noise+tone clips of the given durations (``per_shard`` clips per shard)."""
+def notes(n: int, rng: np.random.Generator, step: int = 3000) -> np.ndarray:
+    """(n,) float32 music-like audio: a new harmonic note every ``step`` samples, noise bursts, a noise floor."""
+    x = rng.normal(0, 0.01, n)
+    t = np.arange(step) / SR
+    for i in range(0, n, step):
+        f0 = 55.0 * 2 ** (rng.integers(0, 48) / 12)
+        amps = rng.uniform(0, 1, 6) / np.arange(1, 7)
+        note = sum(a * np.sin(2 * np.pi * f0 * (h + 1) * t) for h, a in enumerate(amps))
+        seg = note * np.exp(-t * rng.uniform(2, 20)) + (rng.random() < 0.3) * rng.normal(0, 0.3, step) * np.exp(-t * 40)
+        x[i : i + step] += seg[: n - i]
+    return (0.5 * x / np.abs(x).max()).astype(np.float32)
+
+
+def make_corpus(
+    root: Path, seconds: list[float], per_shard: int = 2, seed: int = 0, music: bool = False
+) -> list[S.Clip]:
+    """Write a corpus of noise+tone clips (or :func:`notes` when ``music``) of the given durations."""
     rng = np.random.default_rng(seed)
     (root / S.SHARD_DIR).mkdir(parents=True, exist_ok=True)
     S.write_corpus_meta(root, SR)
@@ -28,6 +43,7 @@ def make_corpus(root: Path, seconds: list[float], per_shard: int = 2, seed: int 
             n = int(round(seconds[i] * SR))
             t = np.arange(n) / SR
             x = (0.3 * np.sin(2 * np.pi * rng.uniform(100, 1000) * t) + rng.normal(0, 0.05, n)).astype(np.float32)
+            x = notes(n, rng) if music else x
             sha = hashlib.sha256(x.tobytes()).hexdigest()
             clips.append(S.Clip(sha[:16], f"clip{i}.wav", sha, n / SR, SR, 1, "WAV", name, offset, n))
             parts.append(x)
