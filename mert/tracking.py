@@ -41,6 +41,14 @@ class MetricLogger(Protocol):
     def close(self, status: str = "FINISHED") -> None: ...
 
 
+class RunLogger(MetricLogger, Protocol):
+    """A logger that can also tag the run and attach files (all loggers here; callers check with hasattr)."""
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists and tuples stay values)."""
     out: dict[str, Any] = {}
@@ -66,6 +74,12 @@ class StdoutLogger:
     def log_config(self, config: Mapping[str, Any]) -> None:
         print(json.dumps(config, default=str, sort_keys=True))
 
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        print("tags: " + " ".join(f"{k}={v}" for k, v in sorted(tags.items())), flush=True)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass  # the file is already on disk
+
     def close(self, status: str = "FINISHED") -> None:
         pass
 
@@ -89,6 +103,17 @@ class DiskLogger:
         from mert.utils.io import atomic_write_json
 
         atomic_write_json(self.path.with_name("config.json"), json.loads(json.dumps(config, default=str)))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Merge ``tags`` (values as strings) into ``tags.json`` beside the metrics file."""
+        from mert.utils.io import atomic_write_json
+
+        path = self.path.with_name("tags.json")
+        old = json.loads(path.read_text()) if path.exists() else {}
+        atomic_write_json(path, {**old, **{k: str(v) for k, v in tags.items()}})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass  # the file is already in the run directory
 
     def close(self, status: str = "FINISHED") -> None:
         self._f.close()
@@ -118,6 +143,16 @@ class MultiLogger:
     def log_config(self, config: Mapping[str, Any]) -> None:
         for lg in self.loggers:
             lg.log_config(config)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for lg in self.loggers:
+            if hasattr(lg, "set_tags"):
+                lg.set_tags(tags)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        for lg in self.loggers:
+            if hasattr(lg, "log_artifact"):
+                lg.log_artifact(path, artifact_path)
 
     def close(self, status: str = "FINISHED") -> None:
         for lg in self.loggers:
@@ -230,6 +265,10 @@ class MLflowLogger:
 
         tags = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         self._call(lambda: self.client.log_batch(self.run_id, tags=tags), "tags")
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy the file ``path`` into the run's artifacts (replacing an earlier copy); failures are logged only."""
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), "artifact")
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Flattened ``config`` as run params (100 per request, values cut to 500 characters)."""

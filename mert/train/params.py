@@ -76,6 +76,11 @@ class Profile:
     """Non-finite loss/gradient steps in a row that stop the run."""
     loader_prefetch: int = 2
     """Batches a background thread prepares ahead of the step."""
+    collapse_patience: int = 3
+    """Validations in a row with every codebook's accuracy within ``collapse_band`` of its majority rate that
+    raise the "predicting code frequencies only" warning (log + MLflow tag ``collapse.warning``)."""
+    collapse_band: float = 0.01
+    """Accuracy margin over the majority rate counted as "at the majority rate" by the collapse detector."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -85,6 +90,8 @@ class Profile:
             raise ValueError("min_clip_samples >= 400, micro_batch_clips >= 1 and max_steps >= 1 are required")
         if self.warmup_steps < 0 or self.save_interval < 1 or self.keep_last < 1 or self.log_interval < 1:
             raise ValueError("warmup_steps >= 0, save_interval >= 1, keep_last >= 1, log_interval >= 1 are required")
+        if self.collapse_patience < 1 or self.collapse_band < 0:
+            raise ValueError("collapse_patience >= 1 and collapse_band >= 0 are required")
 
     @property
     def crop_seconds(self) -> float:

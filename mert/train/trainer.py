@@ -25,6 +25,7 @@ from mert.model.config import MERTConfig
 from mert.model.pretraining import MERTPretrainingModel, PretrainingConfig, teacher_kind
 from mert.train import checkpoint as ckpt
 from mert.train.data import Batch, CropSampler, PretrainLoader
+from mert.train.diagnostics import LabelStats, RunDiagnostics
 from mert.train.distributed import DistInfo, all_reduce_mean, unwrap, wrap_model
 from mert.train.labels import LabelSource
 from mert.train.optim import build_optimizer, build_scheduler
@@ -126,9 +127,14 @@ class Trainer:
             p.seed + 1,
         )
         self.val_loader = PretrainLoader(val, self.info.rank, self.info.world_size, prefetch=0)
+        stats = LabelStats.from_labels(self.labels, sampler.clips)  # every rank: validation needs the top codes
+        self.diagnostics = RunDiagnostics(
+            stats, self.objective.teacher, self.out, p.collapse_patience, p.collapse_band, self.logger
+        )
         latest = ckpt.latest_checkpoint(self.ckpt_dir)
         if latest is not None:
             self.load_checkpoint(latest)
+        self.diagnostics.on_setup(fresh=latest is None)
         return self
 
     def _objective(self) -> PretrainingConfig:
@@ -171,7 +177,7 @@ class Trainer:
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 out = self._forward(batch)
                 self.scaler.scale(out.loss / len(batches)).backward()
-            for k, v in out.metrics.items():
+            for k, v in self._metrics(batch, out).items():
                 sums[k] = sums.get(k, 0.0) + v.float() / len(batches)
         self.scaler.unscale_(self.optimizer)
         clip = self.p.clip_norm if self.p.clip_norm > 0 else math.inf
@@ -187,6 +193,12 @@ class Trainer:
         sums["optim/grad_norm"] = grad_norm.detach().float()
         sums["optim/skipped"] = torch.tensor(0.0 if finite else 1.0, device=grad_norm.device)
         return sums
+
+    def _metrics(self, batch: Batch, out: Any) -> dict[str, torch.Tensor]:
+        """The model's metrics plus the majority rate and unigram CE of the labels at the masked frames."""
+        dev = out.loss.device
+        terms = self.diagnostics.frame_terms(batch.labels, out.mask)
+        return {**out.metrics, **{k: v.to(dev) for k, v in terms.items()}}
 
     # ------------------------------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -208,12 +220,12 @@ class Trainer:
                     self._log_train(metrics, sec_acc / dt, wait)
                     t_last, sec_acc = time.perf_counter(), 0.0
                 if p.val_interval and self.step % p.val_interval == 0 and self.step < p.max_steps:
-                    self._log(self.validate())
+                    self._log(self.diagnostics.on_validation(self.step, self.validate()))
                 if (self.step % p.save_interval == 0 or self.step == p.max_steps) and not self.consecutive_skips:
                     self.save_checkpoint()  # never during a run of non-finite steps: the last good one stays newest
         finally:
             it.close()  # stops and joins the prefetch thread before anything else runs
-        final = self.validate()
+        final = self.diagnostics.on_validation(self.step, self.validate())
         self._log(final)
         return {
             "step": self.step,
@@ -249,6 +261,7 @@ class Trainer:
         keys = sorted(metrics)
         vals = all_reduce_mean(torch.stack([metrics[k].float() for k in keys]), self.info).tolist()
         out = dict(zip(keys, vals))
+        out.update(self.diagnostics.margins(out, ""))
         out.pop("optim/skipped")
         out.update(
             {
@@ -266,22 +279,28 @@ class Trainer:
             self.logger.log_dict(metrics, step=self.step)
 
     def _log_config(self) -> None:
-        if self.logger is not None and self.step == 0:
-            self.logger.log_config(self.config_dict())
+        if self.logger is not None and self.step == 0:  # + the label statistics (majority rate, entropy) as params
+            self.logger.log_config({**self.config_dict(), "labels": self.diagnostics.stats.params()})
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Loss and per-codebook masked accuracy on fixed crops (eval mode, no mixture), averaged over ranks."""
+        """Loss and per-codebook masked accuracy on fixed crops (eval mode, no mixture), averaged over ranks.
+
+        Next to ``val/acc/{teacher}_k`` it reports, on the same masked frames, ``val/majority_k`` (share of the
+        training labels' most frequent code), ``val/acc_margin_k`` (accuracy minus it) and ``val/unigram_ce_k``
+        (the CE of predicting the training code frequencies): see :mod:`mert.train.diagnostics`.
+        """
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
         for step in range(self.p.val_batches):
             for batch in self.val_loader.step_batches(step):
                 out = self._forward(batch)
-                for k, v in out.metrics.items():
+                for k, v in self._metrics(batch, out).items():
                     sums[k] = sums.get(k, 0.0) + v.float() / self.p.val_batches
         keys = sorted(sums)
         vals = all_reduce_mean(torch.stack([sums[k] for k in keys]), self.info).tolist()
-        return {f"val/{k}": v for k, v in zip(keys, vals)}
+        val = {f"val/{k}": v for k, v in zip(keys, vals)}
+        return {**val, **self.diagnostics.margins(val, "val/")}
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def config_dict(self) -> dict[str, Any]:
@@ -306,6 +325,7 @@ class Trainer:
                 "samples": self.samples,
                 "skipped": self.skipped,
                 "consecutive_skips": self.consecutive_skips,
+                "diagnostics": self.diagnostics.state_dict(),
             },
             "data": self.loader.state_dict(),
             "rng": ckpt.rng_state(),
@@ -359,6 +379,7 @@ class Trainer:
         ts = state["train_state"]
         self.step, self.samples, self.skipped = ts["step"], ts["samples"], ts["skipped"]
         self.consecutive_skips = ts["consecutive_skips"]
+        self.diagnostics.load_state_dict(ts.get("diagnostics"))
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
 
