@@ -49,7 +49,13 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mert-bench-ingest-"))
     try:
-        src = generate(tmp / "demo", DemoParams(seed=7, n_clips=args.clips, task_clips=12, task_seconds=1.0)) / "raw"
+        src = (
+            generate(
+                tmp / "demo",
+                DemoParams(seed=7, source="synthetic", n_clips=args.clips, task_clips=12, task_seconds=1.0),
+            )
+            / "raw"
+        )
         files = scan(src)
         torch.set_num_threads(1)
         rows = []

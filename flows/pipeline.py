@@ -30,8 +30,11 @@ def _key(stage: str, params: Any, *paths: str) -> str:
     return sha256_json([stage, section, [fingerprint(p) for p in paths]])
 
 
+DEMO_CODE = [f"mert/data/{m}.py" for m in ("demo", "rendered", "render", "scores", "synth", "audiofile")]
+
+
 @task(name="demo-corpus", retries=1, persist_result=True,
-      cache_key_fn=lambda ctx, a: _key("demo", a["params"], "mert/data/synth.py") + fingerprint(a["out"]))  # fmt: skip
+      cache_key_fn=lambda ctx, a: _key("demo", a["params"], *DEMO_CODE) + fingerprint(a["out"]))  # fmt: skip
 def demo_task(out: str, params) -> str:
     return str(stages.demo_corpus(out, params))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mert.data.ingest import IngestParams, IngestSummary, ingest
-from mert.data.synth import DemoParams, generate
+from mert.data.demo import DemoParams, generate
 
 
 def demo_corpus(out: str | Path, params: DemoParams | None = None) -> Path:

@@ -28,5 +28,8 @@ else
   echo "setup: installing mert${extras} into .venv (first time: a few minutes, torch is large)"
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".${extras}"
+  # the SoundFont synthesiser for the demo corpus; --no-deps: its pyaudio requirement (live playback only) needs
+  # system headers to build
+  .venv/bin/python -m pip install --quiet --no-deps -c requirements/constraints.txt tinysoundfont
   echo "$want" > "$stamp"
 fi

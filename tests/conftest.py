@@ -56,7 +56,10 @@ def demo_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("demo")
     return generate(
-        out, DemoParams(seed=1, n_clips=8, min_seconds=5.0, max_seconds=8.0, task_clips=12, task_seconds=2.0)
+        out,
+        DemoParams(
+            seed=1, source="synthetic", n_clips=8, min_seconds=5.0, max_seconds=8.0, task_clips=12, task_seconds=2.0
+        ),
     )
 
 

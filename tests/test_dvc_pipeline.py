@@ -33,7 +33,7 @@ def _tiny_repo(tmp_path: Path, edit=None) -> Path:
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "mert", repo / "mert", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["demo"].update(n_clips=3, max_seconds=6.0, task_clips=12, task_seconds=1.5)
+    params["demo"].update(n_clips=3, min_seconds=5.0, max_seconds=6.0, task_clips=24)  # rendered real scores
     if edit:
         edit(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
@@ -64,7 +64,7 @@ def test_full_dvc_repro_then_nothing_to_do(tmp_path: Path):
 
     repo = _tiny_repo(tmp_path, shrink)
     _run(["dvc", "repro"], repo)
-    for task in ("key", "timbre", "pitch", "tempo"):
+    for task in ("key", "instrument", "pitch", "tempo"):
         results = json.loads((repo / f"data/probe/{task}/results.json").read_text())
         assert results["task"] == task and "test_score" in results
         assert (repo / f"data/probe/{task}/results.png").exists()

@@ -1,6 +1,6 @@
-"""The built-in demo corpus: seeded, music-like synthetic audio with labels.
+"""The synthetic demo corpus (``demo.source: synthetic``): seeded, music-like generated audio with labels.
 
-It exists so the whole pipeline runs offline, on a CPU, on something that sounds like music:
+Kept for fast unit tests (the default demo renders real scores: :mod:`mert.data.rendered`):
 melodies over chord progressions in all 24 keys, several timbres (harmonic spectra with
 envelopes, plucked strings, inharmonic bells), drum patterns at tempos from 60 to 180 BPM,
 and mixes of these. Files come in several sample rates, channel counts and formats so the
@@ -21,14 +21,14 @@ from __future__ import annotations
 import csv
 import functools
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from mert.params import section
-from mert.utils.io import atomic_write, atomic_write_text
+from mert.data.audiofile import write_audio
+from mert.data.demo import DemoParams
+from mert.utils.io import atomic_write_text
 
 PITCH_CLASSES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 KEYS = [f"{pc} {mode}" for mode in ("major", "minor") for pc in PITCH_CLASSES]  # mir_eval key names
@@ -38,29 +38,6 @@ PROGRESSIONS = {"major": [[0, 4, 5, 3], [0, 3, 4, 0], [1, 4, 0, 0]], "minor": [[
 TIMBRES = ["organ", "strings", "clarinet", "pluck", "bell", "brass"]
 FORMATS = [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III"), ("wav", "FLOAT")]
 SAMPLE_RATES = [16000, 22050, 24000, 32000, 44100, 48000]
-
-
-@section("demo")
-@dataclass
-class DemoParams:
-    """Parameters of ``mert demo-corpus`` (``params.yaml`` section ``demo``)."""
-
-    seed: int = 0
-    n_clips: int = 48
-    """Clips in the pretraining corpus (``raw/``)."""
-    min_seconds: float = 5.0
-    max_seconds: float = 30.0
-    task_clips: int = 96
-    """Clips per probing task."""
-    task_seconds: float = 4.0
-    bad_files: bool = True
-    """Also write a few broken files into ``raw/`` (empty, truncated, not audio) to show quarantine."""
-
-    def __post_init__(self):
-        if not 0 < self.min_seconds <= self.max_seconds:
-            raise ValueError("need 0 < min_seconds <= max_seconds")
-        if self.n_clips < 1 or self.task_clips < 12:
-            raise ValueError("n_clips must be >= 1 and task_clips >= 12 (so every split has examples)")
 
 
 def midi_hz(m: np.ndarray | float) -> np.ndarray | float:
@@ -190,11 +167,8 @@ def _normalise(x: np.ndarray, rng) -> np.ndarray:
 
 
 def _write(path: Path, audio: np.ndarray, sr: int, subtype: str, fmt: str) -> None:
-    """Write ``audio`` of shape (samples,) or (samples, channels) atomically."""
-    buf = io.BytesIO()
-    sf.write(buf, audio, sr, subtype=subtype, format=fmt.upper() if fmt != "ogg" else "OGG")
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
+    """Write ``audio`` of shape (samples,) or (samples, channels) atomically, byte-deterministically."""
+    write_audio(path, audio, sr, subtype)
 
 
 def _split(i: int, n: int) -> str:
@@ -230,11 +204,11 @@ def generate_raw(out: Path, p: DemoParams, rng: np.random.Generator) -> list[dic
                          timbres=";".join(timbres) if kind != "drums" else "", seconds=round(seconds, 3),
                          sample_rate=sr, channels=2 if stereo else 1))  # fmt: skip
     if p.bad_files:
-        _write_bad_files(out / "raw", rng)
+        write_bad_files(out / "raw", rng)
     return rows
 
 
-def _write_bad_files(raw: Path, rng) -> None:
+def write_bad_files(raw: Path, rng) -> None:
     """Broken inputs a real corpus contains; ingestion must reject each with a clear reason."""
     (raw / "bad-empty.wav").write_bytes(b"")
     (raw / "bad-not-audio.mp3").write_text("this is a text file with an audio extension\n")

@@ -31,13 +31,13 @@ def _tiny_project(dst: Path) -> None:
         (shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
          else shutil.copy(src, dst / name))  # fmt: skip
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["demo"].update(n_clips=3, max_seconds=6.0, task_clips=12, task_seconds=1.5)
+    params["demo"].update(n_clips=3, min_seconds=5.0, max_seconds=6.0, task_clips=24)  # rendered real scores
     params["probe"].update(lrs=[1e-3], max_epochs=3, patience=2)
     prof = params["pretrain"]["profiles"]["mert-tiny"]
     prof.update(max_steps=6, warmup_steps=2, save_interval=3, val_interval=0, batch_seconds=8.0)
     (dst / "params.yaml").write_text(yaml.safe_dump(params))
     deploy = yaml.safe_load((dst / "prefect.yaml").read_text())
-    deploy["deployments"][0]["parameters"].update(baselines=["mfcc"], probe_tasks=["data/demo/tasks/timbre"])
+    deploy["deployments"][0]["parameters"].update(baselines=["mfcc"], probe_tasks=["data/demo/tasks/instrument"])
     (dst / "prefect.yaml").write_text(yaml.safe_dump(deploy, sort_keys=False))
 
 
