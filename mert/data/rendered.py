@@ -57,7 +57,7 @@ TASK_SECONDS = {"key": 6.0, "instrument": 4.0, "pitch": 2.0, "tempo": 8.0}
 """Clip length per rendered task, in seconds."""
 TUNES = ("ryansMammoth", "oneills1850", "airdsAirs")
 TONAL = ("mozart", "haydn", "beethoven", "schubert", "schumann_robert", "joplin", "corelli", "handel")
-EARLY = ("palestrina", "monteverdi", "trecento", "josquin")
+EARLY = ("palestrina", "monteverdi", "trecento")  # josquin's abc files have no time signatures (no beats)
 MAX_SCORE_BYTES = 400_000
 """Larger score files (uncompressed size estimate) are not used: parsing them takes many seconds each."""
 TASK_SR = 24000
