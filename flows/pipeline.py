@@ -65,7 +65,8 @@ def pretrain_task(corpus: str, labels: str, out: str, params, nproc_per_node: in
 @task(name="probe", retries=1)
 def probe_task(model: str, task_dir: str, out: str, params, track: bool) -> dict:
     r = stages.probe(model, task_dir, out, params, track=track)
-    return {k: r[k] for k in ("task", "metric", "best_layer", "valid_score", "test_score")} | {"model": model}
+    keys = ("task", "metric", "best_layer", "valid_score", "test_score", "ci_low", "ci_high", "n_test", "majority_rate")
+    return {k: r.get(k) for k in keys} | {"model": model, "results": out}
 
 
 @task(name="promote", retries=2, retry_delay_seconds=5)  # tracking server hiccups are worth a retry
@@ -79,8 +80,27 @@ def promote_task(name: str, tasks: list[str]) -> dict:
             "reason": d.reason}  # fmt: skip
 
 
-def _probe_table(rows: list[dict]) -> None:
-    create_table_artifact(key="probe-scores", table=rows, description="test score at the best validation layer")
+def _probe_table(rows: list[dict]) -> list[dict]:
+    """One table artifact per (profile, task) with the verdict lines, plus one Markdown summary of them all."""
+    import re
+
+    from mert.probe import evidence
+
+    entries = [{"results": r["results"], "label": r.get("label"), "role": r.get("role"), "group": r.get("profile", "")}
+               for r in rows]  # fmt: skip
+    summaries = evidence.summarize(entries)
+    for s in summaries:
+        key = re.sub(r"[^a-z0-9-]+", "-", f"probe-{s.group}-{s.task}".lower()).strip("-")
+        create_table_artifact(key=key, table=evidence.table_rows(s),
+                              description=evidence.title(s) + "\n\n" + "\n\n".join(s.verdicts))  # fmt: skip
+    md = "## Probe scores with their evidence\n\n" + "\n".join(evidence.markdown(s) for s in summaries)
+    create_markdown_artifact(key="probe-scores", markdown=md, description="test scores, 95% CIs and verdicts")
+    return [s.as_dict() for s in summaries]
+
+
+def _baseline_specs(baselines: list[str] | None, preset: str) -> list[str]:
+    """``random`` stands for the random-init twin of the trained profile's model preset (``random:<preset>``)."""
+    return [f"random:{preset}" if b == "random" else b for b in baselines or []]
 
 
 @flow(name="mert-pipeline", log_prints=True)
@@ -100,7 +120,8 @@ def mert_pipeline(
         params_file: the single source of parameters.
         profiles: pretraining profiles to train (default: ``pretrain.profile``); e.g. ``["mert-95m", "mert-330m"]``.
         probe_tasks: task directories to probe (default: the demo corpus's tasks when the demo is the source).
-        baselines: handcrafted/random baselines probed beside each model (e.g. ``["mfcc", "random:mert-tiny"]``).
+        baselines: handcrafted/random baselines probed beside each model (e.g. ``["mfcc", "chroma", "random"]``;
+            ``random`` is the random-init twin of each profile's model preset, ``random:<preset>``).
         label_shards: split labelling into this many tasks (run concurrently by the task runner).
         nproc_per_node: > 1 launches pretraining under torchrun (one process per GPU).
         max_steps: override the profiles' step count (smoke tests).
@@ -128,16 +149,19 @@ def mert_pipeline(
                  else res["export"])  # fmt: skip
         tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)
         for task_dir in tasks:
-            for spec in [model, *(baselines or [])]:
+            for spec in [model, *_baseline_specs(baselines, P["pretrain"].profiles[profile].model)]:
                 name = spec.replace(":", "_").replace("/", "_")
                 out = f"data/probe/{profile}/{Path(task_dir).name}/{name}.json"
                 track = spec == model and res.get("registered_version") is not None
-                results["probe"].append(probe_task(spec, task_dir, out, P["probe"], track))
+                row = probe_task(spec, task_dir, out, P["probe"], track) | {"profile": profile, "label": spec}
+                if spec == model:
+                    row |= {"label": profile, "role": "pretrained"}
+                results["probe"].append(row)
         if res.get("registered_version") and tasks:
             results.setdefault("promote", []).append(
                 promote_task(res["registered_model"], [Path(t).name for t in tasks]))  # fmt: skip
     if results["probe"]:
-        _probe_table(results["probe"])
+        results["probe_summary"] = _probe_table(results["probe"])
     return results
 
 
@@ -153,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Run the mert pipeline once, locally.")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profiles", nargs="+")
-    ap.add_argument("--baselines", nargs="*", default=["mfcc", "random:mert-tiny"])
+    ap.add_argument("--baselines", nargs="*", default=["mfcc", "chroma", "random"],
+                    help="probed beside the model; 'random' = random init of the profile's preset")  # fmt: skip
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--label-shards", type=int, default=1)
     args = ap.parse_args(argv)
@@ -165,15 +190,22 @@ def main(argv: list[str] | None = None) -> None:
 def print_report(r: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
+
+    from mert.probe.evidence import COLUMNS, TaskSummary, table_rows, title
 
     console = Console()
-    t = Table(title="probe scores (test, at the best validation layer)")
-    for col in ("task", "metric", "model", "best layer", "valid", "test"):
-        t.add_column(col)
-    for row in r["probe"]:
-        t.add_row(row["task"], row["metric"], row["model"], str(row["best_layer"]), f"{row['valid_score']:.3f}",
-                  f"{row['test_score']:.3f}")  # fmt: skip
-    console.print(t)
+    for s in r.get("probe_summary", []):
+        summary = TaskSummary(**s)
+        t = Table(title=Text(title(summary)))  # Text everywhere: "[0.35, 0.47]" is not markup
+        for col in COLUMNS:
+            t.add_column(Text(col))
+        for row in table_rows(summary):
+            t.add_row(*(Text(str(v)) for v in row.values()))
+        console.print(t)
+        majority = next((x["majority_baseline"] for x in summary.rows if x.get("majority_baseline")), None)
+        for line in ([f"majority rate: {majority}"] if majority else []) + summary.verdicts:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     for profile, res in r["pretrain"].items():
         reg = f"{res.get('registered_model')} v{res.get('registered_version')}"
         console.print(f"[bold]{profile}[/]: step {res['step']}, export {res['export']}, registered {reg} "

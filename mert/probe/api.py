@@ -1,7 +1,9 @@
 """``probe(model_spec, task, out, params) -> dict``: the library entry point behind ``mert probe``.
 
 Order of work: resolve and validate the task (every layout/label error before any audio is decoded), resolve
-the model, extract (or load cached) features, sweep layers x LRs, write ``results.json`` + plot + DVC metrics.
+the model, extract (or load cached) features, sweep layers x LRs, attach the evidence (bootstrap CI over test
+clips, the number of test clips, the majority rate; :mod:`mert.probe.evidence`), write ``results.json`` + plot +
+DVC metrics.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mert.probe.params import ProbeParams
 from mert.probe.tasks import SPLITS, Task, TaskError, load_task
@@ -39,6 +43,31 @@ def resolve_task(spec: str | Path, kind: str | None = None, params: ProbeParams 
 
 def _n_clips(task: Task, skipped: dict[str, str]) -> dict[str, int]:
     return {s: sum(1 for e in task.split(s) if str(e.path) not in skipped) for s in SPLITS}
+
+
+def _reference(task: Task, splits: dict, params: ProbeParams) -> dict[str, Any]:
+    """The majority rate of a clip/frame task from its split targets (:func:`mert.probe.evidence.reference_rate`)."""
+    from mert.probe.beats import FPS
+    from mert.probe.evidence import reference_rate
+
+    test = splits["test"]
+    seconds = (np.diff(test.offsets) / FPS).tolist() if task.kind == "beats" else None
+    return reference_rate(task.kind, splits["train"].truth, test.truth, task.classes, test_seconds=seconds,
+                          tolerance=params.beat_tolerance)  # fmt: skip
+
+
+def _evidence(task: Task, result, params: ProbeParams) -> dict[str, Any]:
+    """CI, n and majority rate of a sweep result, and its per-clip test record keyed by stable clip ids."""
+    from mert.probe.evidence import LEVEL, bootstrap_ci, clip_ids, method
+
+    record = dict(result.test_clips)
+    record["keys"] = clip_ids(task.examples, record["keys"], task.root)
+    low, high = bootstrap_ci(task.kind, record, params.bootstrap, params.seed)
+    ref = result.extra.get("reference") or {}
+    about = {"ci_level": LEVEL, "n_boot": params.bootstrap, "seed": params.seed, "method": method(record),
+             "majority": ref.get("baseline")}  # fmt: skip
+    return {"ci_low": low, "ci_high": high, "n_test": len(record["keys"]), "majority_rate": ref.get("rate"),
+            "majority_baseline": ref.get("baseline"), "method": about, "test_clips": record}  # fmt: skip
 
 
 def probe(
@@ -85,6 +114,8 @@ def probe(
         t1 = time.perf_counter()
         splits, norm = build_splits(task, feats)
         result = sweep(task, splits, norm, params.sweep_config())
+        result.extra["reference"] = _reference(task, splits, params)
+    evidence = _evidence(task, result, params)
     report = {
         "task": task.name,
         "task_kind": task.kind,
@@ -96,6 +127,11 @@ def probe(
         "best_layer": result.best_layer,
         "valid_score": result.valid_metrics[result.metric],
         "test_score": result.test_metrics[result.metric],
+        "ci_low": evidence["ci_low"],
+        "ci_high": evidence["ci_high"],
+        "n_test": evidence["n_test"],
+        "majority_rate": evidence["majority_rate"],
+        "majority_baseline": evidence["majority_baseline"],
         "test_metrics": result.test_metrics,
         "layer_weights": result.layer_weights,
         "model": model.identity | {"label": model_spec, "hash": model.identity_hash},
@@ -108,6 +144,8 @@ def probe(
             "total_s": round(time.perf_counter() - t0, 3),
         },  # fmt: skip
         "params": {k: v for k, v in vars(params).items() if k != "datasets"},
+        "evidence": evidence["method"],
+        "test_clips": evidence["test_clips"],
     }
     if task.kind != "separation":
         report["timing"]["sweep_s"] = round(time.perf_counter() - t1, 3)

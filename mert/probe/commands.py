@@ -1,4 +1,6 @@
-"""CLI: ``mert probe`` (per-layer probing of a frozen model on a task) and ``mert promote``."""
+"""CLI: ``mert probe`` (per-layer probing of a frozen model on a task), ``mert probe-compare`` (paired bootstrap of
+two results files of one task) and ``mert promote``.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params_arg(p)
     p.set_defaults(handler=_probe)
 
+    p = sub.add_parser("probe-compare", help="paired bootstrap of two probe results of the same task: does A beat B?")
+    p.add_argument("a", type=Path, help="results.json of model A")
+    p.add_argument("b", type=Path, help="results.json of model B (same task, same test clips)")
+    p.add_argument("--n-boot", type=int, default=1000, dest="n_boot", help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="resampling seed (default: %(default)s)")
+    p.set_defaults(handler=_compare)
+
     p = sub.add_parser("promote", help="move the champion alias to the candidate if it wins on the chosen probe tasks")
     p.add_argument("--name", required=True, help="registered model name")
     p.add_argument("--tasks", nargs="+", required=True, help="probe task names to compare (results.json 'task')")
@@ -50,9 +59,21 @@ def _probe(args: argparse.Namespace) -> int:
 
         run_id = log_probe(report, args.out)
         print(f"MLflow run {run_id}")
-    print(f"{report['task']} [{report['task_kind']}] {args.model}: best layer {report['best_layer']}, "
-          f"test {report['metric']} {report['test_score']:.4f} (valid {report['valid_score']:.4f}); "
+    from mert.probe.evidence import describe
+
+    print(f"{report['task']} [{report['task_kind']}] {args.model}: best layer {report['best_layer']} "
+          f"(valid {report['valid_score']:.4f}); {describe(report)}; "
           f"clips {report['n_clips']}, skipped {report['n_skipped']} -> {args.out}")  # fmt: skip
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from mert.probe.evidence import compare, describe, load
+
+    for path in (args.a, args.b):
+        print(f"{load(path).get('model', {}).get('label', path)}: {describe(load(path))}")
+    c = compare(args.a, args.b, args.n_boot, args.seed)
+    print(f"{c.text()} (paired bootstrap over {c.n} common test clips, {c.n_boot} resamples, 95% CI)")
     return 0
 
 

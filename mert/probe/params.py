@@ -39,8 +39,14 @@ class ProbeParams:
     """A trailing window shorter than this is dropped (unless it is the clip's only one)."""
     beat_tolerance: float = 0.07
     """Beat F-measure tolerance in seconds (mir_eval default 70 ms; MARBLE's table uses 0.02)."""
+    beat_negative_fraction: float = 1.0
+    """Beat tracking: share of non-beat frames (target 0) kept per training batch, each weighted 1/share so the loss
+    is an unbiased estimate of the all-frames loss. 1.0 = every frame (the MARBLE protocol); the training cost
+    scales with the frames kept (0.1 keeps ~17% of the frames of 60-180 BPM music)."""
     threads: int = 1
     """Torch intra-op threads while training probes (0 = torch default); probes are tiny, threads mostly spin."""
+    bootstrap: int = 1000
+    """Bootstrap resamples of the test clips for the 95% CI of the test score (0: no interval); seeded by ``seed``."""
     extract_batch_size: int = 8
     """Windows per forward pass of the backbone."""
     cache_dir: str = "data/probe-cache"
@@ -63,6 +69,10 @@ class ProbeParams:
             raise ValueError("lrs must be a non-empty list of positive learning rates")
         if self.window_seconds <= 0 or self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
             raise ValueError("window_seconds, max_epochs, patience and batch_size must be positive")
+        if not 0 < self.beat_negative_fraction <= 1:
+            raise ValueError("beat_negative_fraction must be in (0, 1]")
+        if self.bootstrap < 0:
+            raise ValueError("bootstrap must be >= 0 (0 disables the confidence interval)")
 
     def sweep_config(self) -> SweepConfig:
         names = [f.name for f in fields(SweepConfig) if f.name != "lrs"]

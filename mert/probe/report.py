@@ -3,7 +3,11 @@
 ``results.json`` keys: ``task``, ``task_kind``, ``metric``, ``per_layer`` (layer -> validation score),
 ``per_layer_test``, ``per_layer_lr``, ``best_layer``, ``test_score``, ``valid_score``, ``test_metrics``
 (every metric of the task on test), ``layer_weights`` (softmax weights of the weighted-sum probe),
-``model`` (identity), ``n_clips`` per split, ``skipped`` (path -> reason), ``timing``.
+``model`` (identity), ``n_clips`` per split, ``skipped`` (path -> reason), ``timing``, and the evidence
+(:mod:`mert.probe.evidence`): ``ci_low``/``ci_high`` (95% bootstrap CI of ``test_score`` over test clips),
+``n_test`` (test clips scored), ``majority_rate`` + ``majority_baseline`` (the score of a predictor that learned
+nothing, and what it is), ``evidence`` (how the CI was computed) and ``test_clips`` (clip ids, relative to the
+task root, with per-clip scores or clip-level ``pred``/``truth``: what two results are compared on).
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ def output_paths(out: str | Path) -> dict[str, Path]:
     return {"results": out, "plot": out.with_suffix(".png"), "metrics": out.with_name(out.stem + ".metrics.json")}
 
 
+EVIDENCE = ("n_test", "ci_low", "ci_high", "majority_rate")
+
+
 def dvc_metrics(report: dict[str, Any]) -> dict[str, Any]:
-    """Flat numbers for ``dvc metrics show/diff``: test/valid score, best layer, every test metric."""
+    """Flat numbers for ``dvc metrics show/diff``: test/valid score, its evidence, best layer, every test metric."""
     flat: dict[str, Any] = {"test_score": report["test_score"], "valid_score": report["valid_score"]}
+    flat |= {k: report[k] for k in EVIDENCE if report.get(k) is not None}
     flat["best_layer"] = report["best_layer"]
     flat |= {f"test/{k}": v for k, v in report["test_metrics"].items() if isinstance(v, (int, float))}
     flat |= {f"valid/layer_{k}": v for k, v in report["per_layer"].items()}
@@ -43,6 +51,10 @@ def plot_layers(report: dict[str, Any], path: str | Path) -> None:
     ax.plot(xs, [report["per_layer_test"][n] for n in names], "s--", alpha=0.7, label="test")
     best = names.index(report["best_layer"])
     ax.axvline(best, color="grey", lw=0.8, ls=":")
+    if report.get("ci_low") is not None:  # a percentile interval need not contain the point estimate
+        ax.vlines(best, report["ci_low"], report["ci_high"], color="C1", lw=3, alpha=0.6, label="test 95% CI")
+    if report.get("majority_rate") is not None:
+        ax.axhline(report["majority_rate"], color="grey", lw=0.8, ls="--", label="majority rate")
     ax.set_xticks(list(xs), names, rotation=45 if len(names) > 14 else 0)
     ax.set_xlabel("layer")
     ax.set_ylabel(report["metric"])

@@ -4,14 +4,15 @@ The STFT uses hop 320 at 24 kHz (the features' 75 Hz grid) and a 1024-point Hann
 sigmoid masks multiply the mixture magnitude, the loss is L1 against each source's magnitude, and estimates
 are resynthesised with the mixture phase. Scored by SDR (``mert.probe.metrics.sdr``) per source and excerpt,
 averaged; the primary metric ``sdr`` is the mean over sources. Same layer x LR sweep and early stopping as the
-MLP probes (:mod:`mert.probe.sweep`).
+MLP probes (:mod:`mert.probe.sweep`). The reference rate printed next to the score is the SDR of the equal split
+(every source estimated as the mixture / S), which uses nothing but the mixture.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from mert.audio import AudioError
 from mert.probe.features import Features, extract
 from mert.probe.models import HOP, SAMPLE_RATE, FeatureModel
 from mert.probe.probes import LSTMMaskProbe
-from mert.probe.sweep import SweepResult, _num_threads
+from mert.probe.sweep import SweepResult, _num_threads, clip_record
 from mert.probe.tasks import SPLITS, Example, Task
 
 N_FFT = 1024
@@ -34,6 +35,7 @@ class SepData:
     x: Tensor
     mix: Tensor
     sources: Tensor
+    keys: list[str] = field(default_factory=list)
 
 
 def stft(wav: Tensor) -> Tensor:
@@ -61,7 +63,7 @@ def _load_stems(e: Example, sources: list[str]) -> np.ndarray:
 
 def _split(task: Task, feats: Features, split: str) -> SepData:
     """Equal-length excerpts of a split (cropped to the shortest) with their mixture STFT and source stems."""
-    xs, stems = [], []
+    xs, stems, keys = [], [], []
     for e in task.split(split):
         if e.key not in feats.rows:
             continue
@@ -71,6 +73,7 @@ def _split(task: Task, feats: Features, split: str) -> SepData:
             feats.skipped[str(err.path)] = err.reason
             continue
         xs.append(feats.rows[e.key])  # (T, n_layers, D)
+        keys.append(e.key)
     if not xs:
         raise ValueError(f"{task.name}: no usable excerpts in split {split!r}")
     length = min(s.shape[1] for s in stems)
@@ -78,7 +81,7 @@ def _split(task: Task, feats: Features, split: str) -> SepData:
     mix = stft(sources.sum(1))  # (N, F, T'); MUSDB's mixture is the sum of its stems
     frames = min(min(len(x) for x in xs), mix.shape[-1])
     x = torch.from_numpy(np.stack([x[:frames] for x in xs])).float()  # (N, T, n_layers, D)
-    return SepData(x, mix[..., :frames], sources)
+    return SepData(x, mix[..., :frames], sources, keys)
 
 
 def _estimate(model: LSTMMaskProbe, data: SepData) -> Tensor:
@@ -88,17 +91,35 @@ def _estimate(model: LSTMMaskProbe, data: SepData) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: LSTMMaskProbe, data: SepData, sources: list[str]) -> dict[str, float]:
-    """Mean SDR per source over excerpts, and their mean (``sdr``)."""
-    from mert.probe.metrics import sdr
+def evaluate(model: LSTMMaskProbe, data: SepData, sources: list[str], clips: bool = False):
+    """Mean SDR per source over excerpts, and their mean (``sdr``).
 
+    Args:
+        model: the trained mask probe.
+        data: the split to score.
+        sources: source names (the task's classes).
+        clips: also return the per-excerpt record (``keys`` + ``scores``: SDR averaged over sources).
+    """
     model.eval()
     est = istft(_estimate(model, data), data.sources.shape[-1]).numpy()  # (N, S, L)
+    return _scores(est, data, sources, clips)
+
+
+def _scores(est: np.ndarray, data: SepData, sources: list[str], clips: bool = False):
+    from mert.probe.metrics import sdr
+
     ref = data.sources.numpy()
-    per = {
-        f"sdr_{s}": float(np.mean([sdr(est[n, i], ref[n, i]) for n in range(len(ref))])) for i, s in enumerate(sources)
-    }
-    return {"sdr": float(np.mean(list(per.values())))} | per
+    table = np.array([[sdr(est[n, i], ref[n, i]) for i in range(len(sources))] for n in range(len(ref))])  # (N, S)
+    per = {f"sdr_{s}": float(np.mean(table[:, i])) for i, s in enumerate(sources)}
+    m = {"sdr": float(np.mean(list(per.values())))} | per
+    return (m, clip_record(data.keys, {"scores": table.mean(1)})) if clips else m
+
+
+def equal_split(data: SepData, sources: list[str]) -> dict:
+    """The reference rate: SDR of estimating every source as ``mixture / S`` (no information about the sources)."""
+    mix = data.sources.sum(1, keepdim=True).numpy()  # (N, 1, L)
+    est = np.repeat(mix / len(sources), len(sources), axis=1)
+    return {"rate": _scores(est, data, sources)["sdr"], "baseline": f"every source = mixture / {len(sources)}"}
 
 
 def fit(data: dict[str, SepData], layer: int | None, lr: float, params, sources: list[str]):
@@ -147,10 +168,12 @@ def separation_sweep(task: Task, model: FeatureModel, params) -> tuple[SweepResu
             (probe, valid_m), lr = max(
                 ((fit(data, layer, lr, params, task.classes), lr) for lr in params.lrs), key=lambda f: f[0][1]["sdr"]
             )
-            test_m = evaluate(probe, data["test"], task.classes)
+            test_m, record = evaluate(probe, data["test"], task.classes, clips=True)
             per_layer[name], per_lr[name], per_test[name] = valid_m["sdr"], lr, test_m["sdr"]
             weights = probe.select.layer_weights() if layer is None else weights
             if best is None or valid_m["sdr"] > best[1]["sdr"]:
-                best = (name, valid_m, test_m)
-    name, valid_m, test_m = best
-    return SweepResult("sdr", per_layer, per_lr, per_test, name, test_m, valid_m, weights), feats
+                best = (name, valid_m, test_m, record)
+    name, valid_m, test_m, record = best
+    result = SweepResult("sdr", per_layer, per_lr, per_test, name, test_m, valid_m, weights, test_clips=record)
+    result.extra["reference"] = equal_split(data["test"], task.classes)
+    return result, feats

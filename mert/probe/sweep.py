@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class SweepConfig:
     seed: int = 0
     weighted_sum: bool = True
     beat_tolerance: float = 0.07
+    beat_negative_fraction: float = 1.0  # 1.0 = every frame (MARBLE); see ProbeParams
     threads: int = 1  # intra-op threads while training probes (tiny matmuls: more threads only spin)
 
 
@@ -57,6 +59,8 @@ class SweepResult:
     valid_metrics: dict[str, float]
     layer_weights: list[float] | None = None
     """Softmax weights of the weighted-sum probe (whether or not it won)."""
+    test_clips: dict[str, Any] | None = None
+    """Per-clip test record of the selected probe (:func:`clip_record`): what the evidence is computed from."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,24 +109,55 @@ def predict(model: nn.Module, x: Tensor, chunk: int = 8192) -> Tensor:
     return torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
-def evaluate(model: nn.Module, task: Task, data: SplitData, norm: dict, cfg: SweepConfig, threshold=None) -> dict:
-    """Metrics of a probe on one split (clip-level predictions averaged over windows)."""
+def evaluate(model: nn.Module, task: Task, data: SplitData, norm: dict, cfg: SweepConfig, threshold=None,
+             clips: bool = False):  # fmt: skip
+    """Metrics of a probe on one split (clip-level predictions averaged over windows).
+
+    Beat tracking picks the peak threshold with the best mean F-measure (or uses ``threshold``).
+
+    Args:
+        model: the probe.
+        task: the task (kind, classes).
+        data: the split to score.
+        norm: regression target mean/std (train statistics) to undo the standardisation.
+        cfg: sweep settings (beat tolerance).
+        threshold: beat peak threshold chosen on validation (``None``: search :data:`beats.THRESHOLDS`).
+        clips: also return the per-clip record of the primary metric (see :func:`clip_record`).
+
+    Returns:
+        The metrics dict, or ``(metrics, record)`` with ``clips``.
+    """
     out = predict(model, data.x)  # (R, n_out)
     kind = task.kind
     if kind in CLASS_KINDS:
         probs = clip_mean(torch.softmax(out, 1), data).numpy()
-        return metrics.classification(probs, data.truth, task.classes, key=kind == "key")
-    if kind == "multilabel":
-        return metrics.multilabel(clip_mean(torch.sigmoid(out), data).numpy(), data.truth)
-    if kind == "regression":
-        pred = clip_mean(out, data) * norm["y_std"] + norm["y_mean"]
-        return metrics.regression(pred.numpy(), data.truth, task.classes)
-    acts = torch.sigmoid(out[:, 0]).numpy()
-    acts = [acts[data.offsets[i] : data.offsets[i + 1]] for i in range(data.n_clips)]
-    candidates = beat_utils.THRESHOLDS if threshold is None else (threshold,)
-    scored = [(metrics.beat_f1(beat_utils.decode(acts, t), data.truth, cfg.beat_tolerance), t) for t in candidates]
-    best, t = max(scored, key=lambda s: s[0]["beat_f1"])
-    return best | {"threshold": float(t)}
+        m = metrics.classification(probs, data.truth, task.classes, key=kind == "key")
+        pred = probs.argmax(1)
+        rec = {"scores": metrics.class_scores(pred, data.truth, task.classes, key=kind == "key"),
+               "pred": [task.classes[i] for i in pred]}  # fmt: skip
+    elif kind == "multilabel":
+        scores = clip_mean(torch.sigmoid(out), data).numpy()
+        m, rec = metrics.multilabel(scores, data.truth), {"pred": scores, "truth": data.truth}
+    elif kind == "regression":
+        pred = (clip_mean(out, data) * norm["y_std"] + norm["y_mean"]).numpy()
+        m, rec = metrics.regression(pred, data.truth, task.classes), {"pred": pred, "truth": data.truth}
+    else:
+        acts = torch.sigmoid(out[:, 0]).numpy()
+        acts = [acts[data.offsets[i] : data.offsets[i + 1]] for i in range(data.n_clips)]
+        candidates = beat_utils.THRESHOLDS if threshold is None else (threshold,)
+        per = beat_utils.threshold_scores(acts, data.truth, candidates, cfg.beat_tolerance)  # (K, N)
+        k = int(np.argmax(per.mean(1)))  # first best, like max() over the candidates in order
+        m = {"beat_f1": float(per[k].mean()), "threshold": float(candidates[k])}
+        rec = {"scores": per[k]}
+    return (m, clip_record(data.keys, rec)) if clips else m
+
+
+def clip_record(keys: list[str], rec: dict[str, Any]) -> dict[str, Any]:
+    """JSON-able per-clip test record: ``keys`` plus ``scores`` (per-clip metric) or ``pred``/``truth`` arrays."""
+    out: dict[str, Any] = {"keys": list(keys)}
+    for name, v in rec.items():
+        out[name] = np.round(np.asarray(v, np.float64), 6).tolist() if isinstance(v, np.ndarray) else list(v)
+    return out
 
 
 def _score(m: dict, kind: str) -> float:
@@ -139,32 +174,57 @@ def _loss_fn(task: Task, train: SplitData) -> nn.Module:
     if task.kind == "regression":
         return nn.MSELoss()
     pos = float((train.y > 0.5).float().mean().clamp_min(1e-4))
-    return nn.BCEWithLogitsLoss(pos_weight=torch.tensor((1 - pos) / pos))
+    return nn.BCEWithLogitsLoss(pos_weight=torch.tensor((1 - pos) / pos), reduction="none")
+
+
+def _frame_batch(train: SplitData, clips: Tensor, fraction: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Rows of a frame-level batch and their loss weights (summing to 1 in expectation).
+
+    Every frame with a non-zero target is kept; a frame with target 0 is kept with probability ``fraction`` and
+    weighted ``1 / fraction``: the weighted sum is an unbiased estimate of the mean loss over all the batch's
+    frames (importance-weighted negative subsampling), at ~``fraction`` of the cost.
+    """
+    rows = train.clip_rows(clips.numpy())
+    n = len(rows)
+    if fraction >= 1:
+        return rows, torch.full((n,), 1.0 / n)
+    positive = train.y[rows] > 0
+    keep = positive | (torch.rand(n, generator=gen) < fraction)
+    weight = torch.where(positive[keep], 1.0, 1.0 / fraction) / n
+    return rows[keep], weight
 
 
 def fit(task: Task, splits: dict[str, SplitData], norm: dict, layer: int | None, lr: float, cfg: SweepConfig):
     """Train one probe with early stopping on the validation metric.
 
+    A single-layer probe reads a view of its layer (``x[:, layer:layer+1]``), so a batch copies ``D`` numbers
+    per row instead of ``n_layers * D``; the probe (no parameters in the layer choice) is the same.
+
     Returns:
-        ``(model, valid_metrics)`` with the weights of the best validation epoch.
+        ``(model, valid_metrics, splits)`` with the weights of the best validation epoch, and the splits the
+        model reads (the layer views for a single-layer probe).
     """
+    if layer is not None:
+        splits = {s: dataclasses.replace(d, x=d.x[:, layer : layer + 1]) for s, d in splits.items()}
     train, valid = splits["train"], splits["valid"]
     torch.manual_seed(cfg.seed)
     n_layers, dim = train.x.shape[1:]
-    model = MLPProbe(n_layers, dim, n_outputs(task), layer, cfg.hidden, cfg.dropout)
+    model = MLPProbe(n_layers, dim, n_outputs(task), None if layer is None else 0, cfg.hidden, cfg.dropout, cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = _loss_fn(task, train)
     gen = torch.Generator().manual_seed(cfg.seed)
+    frames_gen = torch.Generator().manual_seed(cfg.seed + 1)  # negative subsampling; batch order stays as above
     frame_level = task.kind == "beats"
     units = train.n_clips if frame_level else len(train.x)
     best, best_metrics, best_state, wait = -math.inf, {}, copy.deepcopy(model.state_dict()), 0
     for _ in range(cfg.max_epochs):
         model.train()
         for b in torch.randperm(units, generator=gen).split(cfg.batch_size):
-            rows = train.clip_rows(b.numpy()) if frame_level else b
-            out = model(train.x[rows])
-            y = train.y[rows][:, None] if frame_level else train.y[rows]
-            loss = loss_fn(out, y)
+            if frame_level:
+                rows, weight = _frame_batch(train, b, cfg.beat_negative_fraction, frames_gen)
+                loss = (loss_fn(model(train.x[rows]), train.y[rows][:, None])[:, 0] * weight).sum()
+            else:
+                loss = loss_fn(model(train.x[b]), train.y[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -176,7 +236,7 @@ def fit(task: Task, splits: dict[str, SplitData], norm: dict, layer: int | None,
             if wait >= cfg.patience:
                 break
     model.load_state_dict(best_state)
-    return model, best_metrics
+    return model, best_metrics, splits
 
 
 @contextlib.contextmanager
@@ -204,13 +264,14 @@ def _sweep(task: Task, splits: dict[str, SplitData], norm: dict, cfg: SweepConfi
     for layer in layers:
         name = "weighted" if layer is None else str(layer)
         fits = [(fit(task, splits, norm, layer, lr, cfg), lr) for lr in cfg.lrs]
-        (model, valid_m), lr = max(fits, key=lambda f: _score(f[0][1], kind))
-        test_m = evaluate(model, task, splits["test"], norm, cfg, threshold=valid_m.get("threshold"))
+        (model, valid_m, views), lr = max(fits, key=lambda f: _score(f[0][1], kind))
+        test_m, record = evaluate(model, task, views["test"], norm, cfg, valid_m.get("threshold"), clips=True)
         per_layer[name], per_lr[name] = valid_m[metrics.PRIMARY[kind]], lr
         per_test[name] = test_m[metrics.PRIMARY[kind]]
         weights = model.select.layer_weights() if layer is None else weights
         log.info("%s layer %s: valid %.4f (lr %g), test %.4f", task.name, name, per_layer[name], lr, per_test[name])
         if best is None or _score(valid_m, kind) > _score(best[1], kind):
-            best = (name, valid_m, test_m, model)
-    name, valid_m, test_m, model = best
-    return SweepResult(metrics.PRIMARY[kind], per_layer, per_lr, per_test, name, test_m, valid_m, weights)
+            best = (name, valid_m, test_m, record)
+    name, valid_m, test_m, record = best
+    return SweepResult(metrics.PRIMARY[kind], per_layer, per_lr, per_test, name, test_m, valid_m, weights,
+                       test_clips=record)  # fmt: skip

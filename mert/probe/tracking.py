@@ -3,7 +3,8 @@
 * :func:`log_probe`: one MLflow run per probe (params, per-layer validation curve with the layer index as
   step, test metrics, ``results.json`` + plot + DVC metrics as artifacts). If the probed MODEL was a registry
   URI (``models:/name@alias`` or ``models:/name/version``), the scores are also written as tags of that model
-  version (``probe.<task>.<metric>``, ``probe.<task>.best_layer``) so the registry UI shows them.
+  version (``probe.<task>.<metric>``, ``probe.<task>.best_layer``, and the evidence: ``probe.<task>.ci_low``,
+  ``.ci_high``, ``.n_test``, ``.majority_rate``) so the registry UI shows them.
 * :func:`promote`: move the ``champion`` alias to the ``candidate`` version when the candidate beats the
   champion on the chosen tasks (mean test-score difference > ``min_delta``, no task missing), saying why.
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mert.probe.report import dvc_metrics, output_paths
+from mert.probe.report import EVIDENCE, dvc_metrics, output_paths
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,15 @@ def resolve_version(client: Any, uri: str) -> tuple[str, str]:
 
 
 def score_tags(report: dict[str, Any]) -> dict[str, str]:
-    """Model-version tags for one probe report."""
+    """Model-version tags for one probe report: the score, its metric and best layer, and its evidence (95% CI,
+    number of test clips, majority rate; absent for a report written before the evidence existed).
+    """
     task, metric = report["task"], report["metric"]
     tags = {f"probe.{task}.{metric}": f"{report['test_score']:.6g}", f"probe.{task}.best_layer": report["best_layer"]}
+    for key in EVIDENCE:
+        if report.get(key) is not None:
+            value = report[key]
+            tags[f"probe.{task}.{key}"] = str(value) if isinstance(value, int) else f"{value:.6g}"
     return tags | {f"probe.{task}.metric": metric}
 
 
@@ -78,6 +85,8 @@ def log_probe(report: dict[str, Any], out: str | Path, uri: str | None = None, e
     model = report["model"]
     tags = {"task": report["task"], "task_kind": report["task_kind"], "model": model.get("label", ""),
             "model_hash": model.get("hash", ""), "best_layer": report["best_layer"]}  # fmt: skip
+    if report.get("majority_baseline"):
+        tags["majority_baseline"] = report["majority_baseline"]
     logger = MLflowLogger(uri, experiment, run_name=f"probe {report['task']} {model.get('label', '')}", tags=tags,
                           system_metrics=False)  # fmt: skip
     try:

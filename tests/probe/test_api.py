@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mert.cli import main
 from mert.probe import probe
 from mert.probe.params import ProbeParams
@@ -28,6 +30,16 @@ def test_probe_writes_results_plot_and_dvc_metrics(folder_task, tmp_path):
     assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((tmp_path / "out" / "results.metrics.json").read_text())
     assert metrics["test_score"] == saved["test_score"] and "valid/layer_weighted" in metrics
+    # the evidence: n, CI, majority rate, and the per-clip record two results are compared on
+    clips = saved["test_clips"]
+    assert saved["n_test"] == 6 == len(clips["keys"]) == len(clips["scores"]) and len(clips["pred"]) == 6
+    assert all(k.startswith("test/") and k.endswith(".wav") for k in clips["keys"])  # relative to the task root
+    assert sum(clips["scores"]) / 6 == pytest.approx(saved["test_score"])
+    assert 0 <= saved["ci_low"] <= saved["ci_high"] <= 1
+    assert saved["majority_rate"] == pytest.approx(2 / 6) and "most frequent train class" in saved["majority_baseline"]
+    assert saved["evidence"]["n_boot"] == 1000 and "per-clip scores" in saved["evidence"]["method"]
+    assert {k: metrics[k] for k in ("n_test", "ci_low", "ci_high", "majority_rate")} == {
+        k: saved[k] for k in ("n_test", "ci_low", "ci_high", "majority_rate")}  # fmt: skip
     again = probe("random:mert-tiny", folder_task, out, params)  # features from the cache, same numbers
     assert again["timing"]["features_cached"] and again["per_layer"] == saved["per_layer"]
 
@@ -36,6 +48,7 @@ def test_beat_tracking_end_to_end(csv_task, tmp_path):
     report = probe("mfcc", csv_task("beats"), tmp_path / "r.json", ProbeParams(**FAST, cache_dir=""))
     assert report["task_kind"] == "beats" and report["metric"] == "beat_f1"
     assert 0.0 <= report["test_score"] <= 1.0 and "threshold" in report["test_metrics"]
+    assert report["n_test"] == 3 and 0.0 <= report["majority_rate"] <= 1.0 and "BPM" in report["majority_baseline"]
 
 
 def test_cli(csv_task, tmp_path, capsys):
@@ -43,8 +56,21 @@ def test_cli(csv_task, tmp_path, capsys):
     argv = ["probe", "--model", "mfcc", "--task", str(root), "--out", str(tmp_path / "r.json"), "--lrs", "1e-2",
             "--max-epochs", "5", "--cache-dir", "", "--params", str(tmp_path / "none.yaml")]  # fmt: skip
     assert main(argv) == 0
-    assert "best layer 0, test r2" in capsys.readouterr().out
-    assert json.loads((tmp_path / "r.json").read_text())["test_metrics"].keys() >= {"r2", "r2_freq", "r2_loud"}
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["test_metrics"].keys() >= {"r2", "r2_freq", "r2_loud"}
+    assert "best layer 0" in out and f"test r2 {saved['test_score']:.3f} [" in out and "(95% CI), n test 3" in out
+    assert f"majority rate {saved['majority_rate']:.3f} (always the train mean)" in out
+    assert "pred" in saved["test_clips"] and len(saved["test_clips"]["truth"]) == 3  # R2: predictions, not scores
+    argv[2], argv[6] = "chroma", str(tmp_path / "chroma.json")
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["probe-compare", str(tmp_path / "r.json"), str(tmp_path / "chroma.json"), "--n-boot", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "mfcc vs chroma on csv-regression: " in out and "paired bootstrap over 3 common test clips" in out
+    assert any(v in out for v in ("-> beats chroma", "-> worse than chroma", "-> no difference detectable"))
+    assert main(["probe-compare", str(tmp_path / "r.json"), str(tmp_path / "missing.json")]) == 1
+    assert "cannot read a probe results file" in capsys.readouterr().err
 
 
 def test_cli_reports_task_errors_before_extraction(folder_task, tmp_path, capsys):

@@ -11,7 +11,7 @@ import torch
 from mert.probe import metrics
 from mert.probe.beats import frame_targets, pick_peaks
 from mert.probe.features import Features
-from mert.probe.probes import LSTMMaskProbe, MLPProbe
+from mert.probe.probes import LSTMMaskProbe, MLPProbe, ReLUDropout
 from mert.probe.sweep import SweepConfig, build_splits, sweep
 from mert.probe.tasks import Example, Task
 
@@ -58,14 +58,74 @@ def test_sweep_is_deterministic():
     a = sweep(task, *build_splits(task, feats), CFG)
     b = sweep(task, *build_splits(task, feats), CFG)
     assert a.per_layer == b.per_layer and a.test_metrics == b.test_metrics
+    assert a.test_clips == b.test_clips and len(a.test_clips["keys"]) == 12
+    assert np.mean(a.test_clips["scores"]) == pytest.approx(a.test_metrics["accuracy"])
 
 
 def test_mlp_probe_shape_and_weighted_sum():
     x = torch.randn(5, 4, 16)  # (R, n_layers, D)
     probe = MLPProbe(4, 16, 7, layer=None)
     assert probe(x).shape == (5, 7) and probe.select.layer_weights() == [0.25] * 4
-    assert [m.__class__.__name__ for m in probe.net] == ["Linear", "ReLU", "Dropout", "Linear"]
-    assert probe.net[0].out_features == 512 and probe.net[2].p == 0.2  # the MARBLE probe by default
+    assert [m.__class__.__name__ for m in probe.net] == ["Linear", "ReLUDropout", "Linear"]
+    assert probe.net[0].out_features == 512 and probe.net[1].p == 0.2  # the MARBLE probe by default
+
+
+def test_fused_relu_dropout_equals_relu_then_dropout():
+    h = torch.randn(400, 64, requires_grad=True)
+    layer = ReLUDropout(0.2, seed=3).train()
+    out = layer(h * 1.0)  # a fresh activation, as a Linear output is
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    bits = np.frombuffer(np.random.default_rng(3).bytes(2 * h.numel()), np.uint16).reshape(h.shape)
+    mask = torch.from_numpy(bits >= layer.cut).float() / (1 - layer.cut / 65536)  # the same draws, by hand
+    ref_h = h.detach().clone().requires_grad_(True)
+    ref = torch.relu(ref_h) * mask
+    ref.backward(grad)
+    assert torch.equal(out, ref) and torch.equal(h.grad, ref_h.grad)
+    assert abs(float((mask == 0).float().mean()) - 0.2) < 0.01  # drop rate p
+    x = torch.randn(10, 8)
+    assert torch.equal(layer.eval()(x.clone()), torch.relu(x))  # eval: ReLU only
+    positive = torch.rand(400, 64) + 0.5
+    again = ReLUDropout(0.2, seed=3).train()(positive.clone())
+    assert torch.equal(again == 0, mask == 0)  # same seed, same masks
+
+
+def test_negative_subsampling_is_unbiased():
+    from mert.probe.probes import SplitData
+    from mert.probe.sweep import _frame_batch
+
+    y = torch.zeros(600)
+    y[::25], y[1::25] = 1.0, 0.5  # beats and their widened neighbours
+    data = SplitData(torch.zeros(600, 1, 1), y, np.array([0, 200, 400, 600]), None, ["a", "b", "c"])
+    loss = torch.rand(600)  # any per-frame loss
+    gen = torch.Generator().manual_seed(0)
+    batches = (_frame_batch(data, torch.tensor([0, 1, 2]), 0.1, gen) for _ in range(4000))
+    draws = [(loss[r] * w).sum() for r, w in batches]
+    assert float(torch.stack(draws).mean()) == pytest.approx(float(loss.mean()), rel=0.01)
+    rows, w = _frame_batch(data, torch.tensor([0, 2]), 0.1, gen)
+    assert set(np.flatnonzero(y.numpy()[:200])) <= set(rows.tolist())  # every beat frame is kept
+    full, w1 = _frame_batch(data, torch.tensor([1]), 1.0, gen)
+    assert full.tolist() == list(range(200, 400)) and float(w1.sum()) == pytest.approx(1.0)
+
+
+def test_beat_probe_learns_with_subsampled_negatives():
+    """Frame features carry the beat in one dimension: the probe must find the beats (F1 near 1) at fraction 0.2."""
+    rng = np.random.default_rng(0)
+    examples, rows = [], {}
+    for i in range(30):
+        split = "train" if i < 18 else ("valid" if i < 24 else "test")
+        period = 0.4 + 0.02 * (i % 7)
+        times = np.arange(0.3, 3.9, period)
+        x = rng.standard_normal((300, 2, 4)).astype(np.float32)
+        x[:, 1, 0] += 6.0 * frame_targets(times, 300)  # layer 1 hears the beat
+        e = Example(Path(f"/b/{i}.wav"), split, times)
+        examples.append(e)
+        rows[e.key] = x
+    task = Task("beats", "beats", examples)
+    cfg = SweepConfig(lrs=(5e-3,), max_epochs=15, patience=5, hidden=32, beat_negative_fraction=0.2)
+    res = sweep(task, *build_splits(task, Features(rows, {}, 2)), cfg)
+    assert res.test_metrics["beat_f1"] > 0.9 and res.per_layer["1"] > res.per_layer["0"] + 0.3
+    assert len(res.test_clips["keys"]) == 6 and len(res.test_clips["scores"]) == 6
 
 
 def test_lstm_mask_probe_shape():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mert.probe.tracking import decide, parse_registry_uri
+from mert.probe.tracking import decide, parse_registry_uri, score_tags
 
 
 def test_parse_registry_uri():
@@ -30,7 +30,17 @@ def _report(task: str, score: float, uri: str) -> dict:
             "best_layer": "1", "per_layer": {"0": 0.1, "1": score, "weighted": 0.2},
             "per_layer_test": {"0": 0.1, "1": score, "weighted": 0.2}, "test_metrics": {"key_weighted": score},
             "model": {"label": uri, "hash": "abc", "registry_uri": uri}, "params": {"lrs": [0.001]},
-            "n_skipped": 0}  # fmt: skip
+            "n_skipped": 0, "n_test": 60, "ci_low": score - 0.1, "ci_high": score + 0.1, "majority_rate": 0.125,
+            "majority_baseline": "always 'C major' (the most frequent train class)"}  # fmt: skip
+
+
+def test_score_tags_carry_the_evidence():
+    tags = score_tags(_report("key", 0.5, "models:/mert@candidate"))
+    assert tags == {"probe.key.key_weighted": "0.5", "probe.key.best_layer": "1", "probe.key.metric": "key_weighted",
+                    "probe.key.n_test": "60", "probe.key.ci_low": "0.4", "probe.key.ci_high": "0.6",
+                    "probe.key.majority_rate": "0.125"}  # fmt: skip
+    old = {k: v for k, v in _report("key", 0.5, "x").items() if k not in ("n_test", "ci_low", "ci_high")}
+    assert "probe.key.ci_low" not in score_tags(old)  # a pre-evidence report: no empty tags
 
 
 def test_log_probe_tags_versions_and_promote(tmp_path, monkeypatch, capsys):
@@ -68,8 +78,12 @@ def test_log_probe_tags_versions_and_promote(tmp_path, monkeypatch, capsys):
         run_id = log_probe(report, tmp_path / alias / "results.json", uri)
         run = client.get_run(run_id)
         assert run.data.metrics["test_score"] == score and run.data.tags["registered_model"] == "mert"
+        assert run.data.metrics["n_test"] == 60 and run.data.metrics["ci_low"] == pytest.approx(score - 0.1)
+        assert "C major" in run.data.tags["majority_baseline"]
         assert {a.path for a in client.list_artifacts(run_id)} >= {"results.json", "results.png"}
-    assert client.get_model_version_by_alias("mert", "candidate").tags["probe.key.key_weighted"] == "0.7"
+    version_tags = client.get_model_version_by_alias("mert", "candidate").tags
+    assert version_tags["probe.key.key_weighted"] == "0.7" and version_tags["probe.key.ci_high"] == "0.8"
+    assert version_tags["probe.key.n_test"] == "60" and version_tags["probe.key.majority_rate"] == "0.125"
     assert main(["promote", "--name", "mert", "--tasks", "key", "--dry-run"]) == 0
     assert "would promote" in capsys.readouterr().out
     assert str(client.get_model_version_by_alias("mert", "champion").version) == "1"
