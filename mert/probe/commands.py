@@ -73,7 +73,8 @@ def _compare(args: argparse.Namespace) -> int:
     for path in (args.a, args.b):
         print(f"{load(path).get('model', {}).get('label', path)}: {describe(load(path))}")
     c = compare(args.a, args.b, args.n_boot, args.seed)
-    print(f"{c.text()} (paired bootstrap over {c.n} common test clips, {c.n_boot} resamples, 95% CI)")
+    names = (str(args.a), str(args.b)) if c.a == c.b else (c.a, c.b)  # the same model twice: name the files
+    print(f"{c.text(*names)} (paired bootstrap over {c.n} common test clips, {c.n_boot} resamples, 95% CI)")
     return 0
 
 
