@@ -10,9 +10,20 @@ Rows, on the same clips (EnCodec 24 kHz at 6 kbps; random-projection weights unl
   atomically), into an empty labels directory. Goal: within 10% of the bound.
 
 Also prints the agreement of the pipeline's (chunked, batched) labels with the plain loop's, and,
-when ``benchmarks/cqt.py`` exists, its CQT rows. Usage::
+when ``benchmarks/cqt.py`` exists, its CQT rows.
+
+**Teacher comparison** (``--teachers``): every teacher of ``mert label`` on the same corpus, through the same
+``label_corpus`` pipeline: ``rvq`` (random-projection EnCodec, 8 x 1024), ``kmeans`` (MFCC, 100 clusters),
+``bestrq`` (mel BEST-RQ, MusicFM's 1 x 4096), ``bestrq8`` (8 x 1024), ``bestrq_pb`` / ``bestrq8_pb`` (the same
+with ``norm: per_bin``), ``melrvq`` (Mel-RVQ, 8 x 1024). Columns:
+setup seconds (building the teacher: EnCodec init, k-means fit, mel statistics, Mel-RVQ fit; not in x real time),
+labelling x real time, and the code usage of the labels (mean codes used and entropy over codebooks, the largest
+top-code share). ``--corpus DIR`` runs on an ingested corpus (e.g. a rendered real-music one) instead of the
+synthetic clips. Usage::
 
     .venv/bin/python benchmarks/teachers.py [--clips 8] [--seconds 40] [--batch 8] [--weights random]
+    .venv/bin/python benchmarks/teachers.py --no-encodec --no-cqt --teachers rvq,kmeans,bestrq,bestrq8,melrvq \
+        [--corpus data/corpus] [--melrvq-model DIR] [--threads 1]
 """
 
 from __future__ import annotations
@@ -157,6 +168,66 @@ def encodec_rows(corpus: S.Corpus, teacher, batch: int, dev: torch.device, tmp: 
     return rows
 
 
+TEACHER_VARIANTS = {
+    "rvq": {"teacher": "rvq"},
+    "kmeans": {"teacher": "kmeans"},
+    "bestrq": {"teacher": "bestrq"},
+    "bestrq8": {"teacher": "bestrq", "bestrq": {"n_codebooks": 8, "codebook_size": 1024}},
+    "bestrq_pb": {"teacher": "bestrq", "bestrq": {"norm": "per_bin"}},
+    "bestrq8_pb": {"teacher": "bestrq", "bestrq": {"n_codebooks": 8, "codebook_size": 1024, "norm": "per_bin"}},
+    "melrvq": {"teacher": "melrvq"},
+}
+
+
+def teacher_params(name: str, melrvq_model: str | None, melrvq_steps: int | None):
+    from mert.params import from_dict
+    from mert.teachers.config import LabelParams
+
+    spec = {**TEACHER_VARIANTS[name], "device": "cpu"}
+    if name == "melrvq":
+        spec["melrvq"] = {"model": melrvq_model, **({"steps": melrvq_steps} if melrvq_steps else {})}
+    return from_dict(LabelParams, spec)
+
+
+def teacher_comparison(corpus: S.Corpus, names: list[str], batch: int, tmp: Path, args) -> list[dict]:
+    """Build each teacher (timed: setup), label the corpus with ``label_corpus`` (timed), read its code usage."""
+    from mert.teachers.build import build_teacher
+
+    rows = []
+    for name in names:
+        params = teacher_params(name, args.melrvq_model, args.melrvq_steps)
+        out = tmp / f"cmp-{name}"
+        t0 = time.perf_counter()
+        teacher = build_teacher(params, corpus.root, out, progress=False)
+        setup = time.perf_counter() - t0
+        s = label_corpus(corpus.root, out, teacher, batch_size=batch, device="cpu", progress=False)
+        books = list(s.usage["codebooks"].values())
+        rows.append(
+            {
+                "name": f"{name}: {teacher.key}",
+                "shape": f"{teacher.n_codebooks} x {teacher.codebook_size}",
+                "setup": setup,
+                "x_realtime": s.computed_seconds / s.wall_seconds,
+                "wall": s.wall_seconds,
+                "used": np.mean([u["distinct"] for u in books]),
+                "entropy": np.mean([u["entropy_bits"] for u in books]),
+                "h_max": np.mean([u["entropy_bits"] / np.log2(u["codebook_size"]) for u in books]),
+                "top": max(u["top_share"] for u in books),
+            }
+        )
+    return rows
+
+
+def print_comparison(rows: list[dict], seconds: float) -> None:
+    print(f"\nteachers through label_corpus on {seconds:.0f} s of audio (CPU); code usage of the labels")
+    head = ["teacher", "K x C", "setup s", "x realtime", "wall s", "codes used", "H bits", "H/max", "top share"]
+    print(f"{head[0]:34s} {head[1]:>11s} " + " ".join(f"{h:>10s}" for h in head[2:]))
+    for r in rows:
+        cells = [f"{r['setup']:10.1f}", f"{r['x_realtime']:10.1f}", f"{r['wall']:10.1f}", f"{r['used']:10.0f}"]
+        cells += [f"{r['entropy']:10.2f}", f"{r['h_max']:10.2f}", f"{r['top']:10.3f}"]
+        print(f"{r['name']:34s} {r['shape']:>11s} " + " ".join(cells))
+
+
 def cqt_rows(seconds: float, batch: int) -> list[dict]:
     path = Path(__file__).with_name("cqt.py")
     if not path.exists():
@@ -186,21 +257,36 @@ def main() -> None:
     ap.add_argument("--cqt-seconds", type=float, default=5.0)
     ap.add_argument("--no-cqt", action="store_true")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (1 is steadier on a shared machine)")
+    ap.add_argument("--no-encodec", action="store_true", help="skip the EnCodec pipeline-vs-loop rows")
+    ap.add_argument("--teachers", default="", help="comma list of " + ",".join(TEACHER_VARIANTS) + " to compare")
+    ap.add_argument("--corpus", type=Path, help="an ingested corpus to use instead of synthetic clips")
+    ap.add_argument("--melrvq-model", help="a fitted Mel-RVQ dir (default: fit on the corpus, timed as setup)")
+    ap.add_argument("--melrvq-steps", type=int, help="fit steps when no --melrvq-model (default: params default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
-    teacher = build_rvq_teacher(args.weights)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    rows = []
+    rows, comparison = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = write_corpus(Path(tmp) / "corpus", args.clips, args.seconds)
+        if args.corpus:
+            corpus = S.Corpus(args.corpus)
+        else:
+            corpus = write_corpus(Path(tmp) / "corpus", args.clips, args.seconds)
         print(f"{len(corpus)} clips, {corpus.total_seconds:.0f} s of audio, batch {args.batch}")
-        for dev in devices:
-            rows += encodec_rows(corpus, teacher, args.batch, dev, Path(tmp), args.repeats)
+        if not args.no_encodec:
+            teacher = build_rvq_teacher(args.weights)
+            for dev in devices:
+                rows += encodec_rows(corpus, teacher, args.batch, dev, Path(tmp), args.repeats)
+        if args.teachers:
+            names = [n for n in args.teachers.split(",") if n]
+            comparison = teacher_comparison(corpus, names, args.batch, Path(tmp), args)
     if not args.no_cqt:
         rows += cqt_rows(args.cqt_seconds, args.batch)
-    print_rows(rows)
+    if rows:
+        print_rows(rows)
+    if comparison:
+        print_comparison(comparison, corpus.total_seconds)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

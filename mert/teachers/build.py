@@ -43,7 +43,7 @@ def build_bestrq_teacher(params, corpus_dir: str | Path | None = None, labels_di
     b = params.bestrq
     spec = MelSpec(24_000, b.n_fft, b.n_mels, b.stack)
     stats = corpus_mel_stats(spec, b.stats, b.fit_frames, corpus_dir, labels_dir)
-    return BestRQTeacher(spec, stats, b.n_codebooks, b.codebook_size, b.codebook_dim, b.seed, _chunk(params))
+    return BestRQTeacher(spec, stats, b.n_codebooks, b.codebook_size, b.codebook_dim, b.seed, _chunk(params), b.norm)
 
 
 def melrvq_model_dir(params, corpus: Corpus, labels_dir: str | Path) -> Path:

@@ -76,6 +76,8 @@ class BestRQParams:
     stats: str | None = None
     """A ``mel-stats.json`` (``mert teacher fit --teacher bestrq``); null = computed on the corpus and saved
     under ``<labels_dir>/mel-stats/``."""
+    norm: Literal["global", "per_bin"] = "global"
+    """``global``: one corpus mean / std (MusicFM); ``per_bin``: per mel bin (a deviation, spreads the codes)."""
 
     def __post_init__(self):
         _check_codebooks("bestrq", self.n_codebooks, self.codebook_size, self.codebook_dim)
@@ -103,6 +105,8 @@ class MelRVQParams:
     fit_frames: int = 200_000
     """At most this many student frames (spread over the corpus) form the fit sample and the mel statistics."""
     seed: int = 0
+    norm: Literal["global", "per_bin"] = "global"
+    """``global``: one corpus mean / std (MuQ); ``per_bin``: per mel bin (a documented deviation)."""
     checkpoint_every: int = 100
     """Steps between fit checkpoints (a killed fit resumes; does not change the model)."""
     model: str | None = None

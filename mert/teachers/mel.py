@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,12 @@ from mert.utils.io import atomic_write_json, sha256_json
 log = logging.getLogger(__name__)
 
 STATS_FILE = "mel-stats.json"
+NORMS = ("global", "per_bin")
+"""Token normalisation: ``global`` (MusicFM / MuQ: one mean and std over every bin) or ``per_bin`` (a documented
+deviation: each mel bin standardised with its own corpus mean and std, as BEST-RQ's per-dimension normalisation)."""
+BIN_STD_FLOOR = 1.0
+"""dB: a per-bin std is never taken below this, so near-constant bins (e.g. above the Nyquist of a 16 kHz source)
+are not blown up to unit variance."""
 AMIN_DB = -100.0
 """``AmplitudeToDB`` floor: ``10 log10(1e-10)``."""
 
@@ -152,14 +158,16 @@ class MelFrontEnd(nn.Module):
 
 @dataclass
 class MelStats:
-    """Global mean / standard deviation of the log-mel (dB) of a corpus: the MusicFM / MuQ normalisation.
+    """Mean / standard deviation of the log-mel (dB) of a corpus: the MusicFM / MuQ normalisation.
 
     Attributes:
         spec: the :class:`MelSpec` as a dict.
-        mean: dB, over every bin of every frame of the sample.
+        mean: dB, over every bin of every frame of the sample (``global``).
         std: dB.
         frames: mel frames counted.
         clips: clips of the corpus.
+        bin_mean: (n_mels,) dB, per mel bin (``per_bin``).
+        bin_std: (n_mels,) dB.
     """
 
     spec: dict[str, Any]
@@ -167,11 +175,31 @@ class MelStats:
     std: float
     frames: int = 0
     clips: int = 0
+    bin_mean: list[float] = field(default_factory=list)
+    bin_std: list[float] = field(default_factory=list)
 
     @property
     def hash(self) -> str:
-        """Versions the statistics: SHA-256 over the spec, mean and std."""
-        return sha256_json({"spec": self.spec, "mean": self.mean, "std": self.std})
+        """Versions the statistics: SHA-256 over the spec, means and stds."""
+        return sha256_json(
+            {"spec": self.spec, "mean": self.mean, "std": self.std, "bin_mean": self.bin_mean, "bin_std": self.bin_std}
+        )
+
+    def vectors(self, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension ``(mean, std)`` of a stacked token, each (stack * n_mels,) float32, for ``norm``.
+
+        Raises:
+            TeacherError: ``per_bin`` with statistics that have no per-bin values.
+        """
+        stack, n_mels = self.spec["stack"], self.spec["n_mels"]
+        if norm == "global":
+            return torch.full((stack * n_mels,), self.mean), torch.full((stack * n_mels,), self.std)
+        if norm != "per_bin":
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if len(self.bin_mean) != n_mels:
+            raise TeacherError("these mel statistics have no per-bin values: recompute them for norm: per_bin")
+        std = torch.tensor(self.bin_std).clamp_min(BIN_STD_FLOOR)
+        return torch.tensor(self.bin_mean).repeat(stack), std.repeat(stack)  # tokens are "(s f)": bins inner
 
     def save(self, path: str | Path) -> Path:
         """Write ``mel-stats.json`` (with its hash) atomically; ``path`` is the file or its directory."""
@@ -191,7 +219,7 @@ class MelStats:
         path = path / STATS_FILE if path.is_dir() else path
         try:
             meta = json.loads(path.read_text())
-            stats = cls(meta["spec"], float(meta["mean"]), float(meta["std"]), meta["frames"], meta["clips"])
+            stats = cls(**{k: v for k, v in meta.items() if k != "hash"})
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise TeacherError(f"mel statistics {path} are missing or unreadable: {e}") from e
         if stats.hash != meta.get("hash"):
@@ -219,10 +247,10 @@ def read_window(corpus: Corpus, clip, start: int, n: int) -> torch.Tensor | None
 
 @torch.no_grad()
 def compute_mel_stats(corpus: Corpus, spec: MelSpec = MelSpec(), fit_frames: int = 200_000) -> MelStats:
-    """Global dB mean / std over up to ``fit_frames`` student frames' worth of windows spread over the corpus.
+    """Log-mel mean / std in dB (global and per mel bin) over up to ``fit_frames`` student frames of windows.
 
-    The sums are accumulated in float64; mean and std are rounded to 1e-4 dB so that last-bit FFT differences
-    between machines do not change the statistics' hash.
+    The windows are spread evenly over the corpus. The sums are accumulated in float64; means and stds are rounded
+    to 1e-4 dB so that last-bit FFT differences between machines do not change the statistics' hash.
 
     Raises:
         TeacherError: no readable audio.
@@ -230,18 +258,20 @@ def compute_mel_stats(corpus: Corpus, spec: MelSpec = MelSpec(), fit_frames: int
     from mert.teachers.kmeans import fit_windows
 
     front = MelFrontEnd(spec)
-    total, total_sq, count = 0.0, 0.0, 0
+    total, total_sq, count = torch.zeros(spec.n_mels, dtype=torch.float64), torch.zeros(spec.n_mels).double(), 0
     for clip, start, n in fit_windows(corpus, corpus.clips, fit_frames):
         x = read_window(corpus, clip, start, n)
         if x is None:
             continue
         mel = front.log_mel(x, torch.tensor([n]))[0].double()  # (n_mels, n // hop + 1)
-        total, total_sq, count = total + float(mel.sum()), total_sq + float(mel.pow(2).sum()), count + mel.numel()
+        total, total_sq, count = total + mel.sum(1), total_sq + mel.pow(2).sum(1), count + mel.shape[1]
     if not count:
         raise TeacherError(f"mel statistics: no readable audio in corpus {corpus.root}")
-    mean = total / count
-    std = math.sqrt(max(total_sq / count - mean**2, 1e-12))
-    return MelStats(spec.as_dict(), round(mean, 4), round(std, 4), count // spec.n_mels, len(corpus.clips))
+    mean, bin_mean = float(total.sum()) / (count * spec.n_mels), total / count
+    std = math.sqrt(max(float(total_sq.sum()) / (count * spec.n_mels) - mean**2, 1e-12))
+    bin_std = (total_sq / count - bin_mean.pow(2)).clamp_min(1e-12).sqrt()
+    r = lambda v: [round(float(a), 4) for a in v]  # noqa: E731
+    return MelStats(spec.as_dict(), round(mean, 4), round(std, 4), count, len(corpus.clips), r(bin_mean), r(bin_std))
 
 
 def corpus_mel_stats(

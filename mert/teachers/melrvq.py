@@ -29,6 +29,9 @@ The hash (SHA-256 over the settings, the statistics and the state dict) versions
 teacher identity. :func:`fit_melrvq` checkpoints ``fit-checkpoint.pt`` atomically every ``checkpoint_every``
 steps; a killed fit resumes from it and ends with the same weights as an uninterrupted one (every batch and every
 dead-code replacement is seeded by ``(seed, step)``).
+
+``norm: per_bin`` (a documented deviation, see :data:`mert.teachers.mel.NORMS`) standardises each mel bin with its
+own corpus statistics instead of MuQ's global mean / std.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class MelRVQSettings:
     fit_frames: int = 200_000
     seed: int = 0
     sample_rate: int = 24_000
+    norm: str = "global"
+    """``global`` (MuQ) or ``per_bin`` (:data:`mert.teachers.mel.NORMS`)."""
 
     @property
     def spec(self) -> MelSpec:
@@ -249,13 +254,15 @@ class MelRVQTeacher(TargetExtractor):
         self.left_context_frames = self.right_context_frames = s.spec.context_frames
         self.front = MelFrontEnd(s.spec)
         self.rvq = model.module()
-        self.register_buffer("norm", torch.tensor([model.stats.mean, model.stats.std]))
+        mean, std = model.stats.vectors(s.norm)
+        self.register_buffer("norm_mean", mean)  # (D,) dB
+        self.register_buffer("norm_std", std)  # (D,) dB
         self.freeze()
 
     @torch.inference_mode()
     def encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, K, F) int64, F >= student_frames(S)."""
-        x = (self.front(wav, lengths) - self.norm[0]) / self.norm[1]  # (B, F, D)
+        x = (self.front(wav, lengths) - self.norm_mean) / self.norm_std  # (B, F, D)
         return self.rvq.encode(x).transpose(1, 2)  # (B, F, K) -> (B, K, F)
 
     def config(self) -> dict[str, Any]:
@@ -277,7 +284,7 @@ class MelRVQTeacher(TargetExtractor):
 
 # ---------------------------------------------------------------------------------------------- fitting
 @torch.no_grad()
-def fit_tokens(corpus: Corpus, spec: MelSpec, stats: MelStats, budget: int) -> torch.Tensor:
+def fit_tokens(corpus: Corpus, spec: MelSpec, stats: MelStats, budget: int, norm: str = "global") -> torch.Tensor:
     """Normalised tokens of up to ``budget`` student frames spread over the corpus: (N, D) float16.
 
     Stored in float16 (the values are ~N(0, 1): 3 significant digits) to halve the memory of the fit sample.
@@ -285,11 +292,12 @@ def fit_tokens(corpus: Corpus, spec: MelSpec, stats: MelStats, budget: int) -> t
     from mert.teachers.kmeans import fit_windows
 
     front, out = MelFrontEnd(spec), []
+    mean, std = stats.vectors(norm)
     for clip, start, n in fit_windows(corpus, corpus.clips, budget):
         x = read_window(corpus, clip, start, n)
         if x is not None:
             tok = front(x, torch.tensor([n]))[0, : student_frames(n)]  # (F, D)
-            out.append(((tok - stats.mean) / stats.std).half())
+            out.append(((tok - mean) / std).half())
     if not out:
         raise TeacherError(f"Mel-RVQ fit: no readable audio in corpus {corpus.root}")
     return torch.cat(out)
@@ -380,7 +388,7 @@ def fit_melrvq(
     stats.check(settings.spec, "Mel-RVQ fit")
     out = Path(out_dir)
     key = sha256_json({"settings": settings.as_dict(), "stats": stats.hash, "clips": [c.sha256 for c in corpus]})
-    tokens = fit_tokens(corpus, settings.spec, stats, settings.fit_frames)  # (N, D) float16
+    tokens = fit_tokens(corpus, settings.spec, stats, settings.fit_frames, settings.norm)  # (N, D) float16
     held = _eval_subset(tokens, settings.seed)
     rvq = _init(settings)
     opt = torch.optim.Adam(rvq.parameters(), lr=settings.lr)

@@ -12,6 +12,7 @@ from mert.teachers.base import TeacherError, student_frames
 from mert.teachers.bestrq import BestRQTeacher, musicfm_quantizer
 from mert.teachers.label_run import label_array
 from mert.teachers.mel import MelFrontEnd, MelSpec, MelStats, compute_mel_stats, corpus_mel_stats
+from mert.teachers.usage import code_usage
 from tests.teachers.conftest import make_corpus, notes
 
 SR = 24_000
@@ -139,3 +140,26 @@ def test_mel_stats_compute_save_load_and_reuse(corpus, tmp_path, monkeypatch):
         MelStats.load(path)
     with pytest.raises(TeacherError, match="computed with"):
         BestRQTeacher(MelSpec(n_mels=64), st)
+
+
+def test_per_bin_norm_standardises_each_bin_and_spreads_the_codes(corpus):
+    st = compute_mel_stats(corpus, MelSpec(), fit_frames=100_000)
+    mean, std = st.vectors("per_bin")
+    assert mean.shape == std.shape == (512,) and torch.equal(mean[:128], mean[128:256])  # tokens are "(s f)"
+    assert torch.equal(st.vectors("global")[0], torch.full((512,), st.mean))
+    g = BestRQTeacher(MelSpec(), st, 1, 1024)
+    b = BestRQTeacher(MelSpec(), st, 1, 1024, norm="per_bin")
+    assert g.key != b.key and b.identity()["config"]["norm"] == "per_bin"
+    tokens, codes = [], {"g": [], "b": []}
+    for clip in corpus:
+        x, n = torch.from_numpy(np.array(corpus.audio(clip)))[None], torch.tensor([clip.length])
+        tokens.append(b.tokens(x, n)[0, : student_frames(clip.length)])
+        codes["g"].append(g.encode(x, n)[0, :, : student_frames(clip.length)].numpy())
+        codes["b"].append(b.encode(x, n)[0, :, : student_frames(clip.length)].numpy())
+    t = torch.cat(tokens)[:, :128]  # (N, n_mels): the first frame of every token
+    live = torch.tensor(st.bin_std) > 1.0
+    assert t.mean(0)[live].abs().max() < 0.1 and (t.std(0)[live] - 1).abs().max() < 0.1
+    used = {k: code_usage(v, 1024)[0] for k, v in codes.items()}
+    assert used["b"].entropy_bits > used["g"].entropy_bits, used
+    with pytest.raises(TeacherError, match="per-bin"):
+        MelStats(MelSpec().as_dict(), -20.0, 30.0).vectors("per_bin")
