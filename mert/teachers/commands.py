@@ -167,6 +167,7 @@ def _fit(args: argparse.Namespace) -> int:
 def _fit_melrvq(args: argparse.Namespace, params) -> dict:
     from rich.console import Console
 
+    from mert.teachers.base import TeacherError
     from mert.teachers.build import fit_melrvq_model
     from mert.teachers.melrvq import MODEL_FILE, MelRVQModel
 
@@ -174,9 +175,7 @@ def _fit_melrvq(args: argparse.Namespace, params) -> dict:
     if (args.out / MODEL_FILE).exists():
         model = MelRVQModel.load(args.out)
         if model.settings != want:
-            raise SystemExit(
-                f"mert teacher fit: {args.out} holds a Mel-RVQ fitted with other settings; use another dir"
-            )
+            raise TeacherError(f"{args.out} holds a Mel-RVQ fitted with other settings; use another directory")
     else:
         model = fit_melrvq_model(params, args.corpus, args.out, args.out, progress=not args.no_progress)
     info = model.fit_info
