@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny"])
     ap.add_argument("--regs", nargs="+", choices=sorted(REGS), default=["ref"])
     ap.add_argument("--final-dim", type=int, default=None)
+    ap.add_argument("--holdout", type=int, default=0, help="validate on this many held-out clips (0: training clips)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
@@ -118,7 +119,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     corpus = Corpus(args.corpus)
-    base = dataclasses.replace(PROFILES[args.profile], val_batches=args.val_batches)
+    base = dataclasses.replace(PROFILES[args.profile], val_batches=args.val_batches, val_holdout_clips=args.holdout)
     print(
         f"{'teacher':24s} {'model':5s} {'reg':5s} {'LN':4s} {'lr':>7s} {'warm':>4s} {'step':>4s} {'margin':>7s} "
         f"{'max':>7s} {'CE':>6s} {'floor':>6s} {'gain':>6s} {'best':>7s} {'s':>5s}",

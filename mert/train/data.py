@@ -66,6 +66,7 @@ class CropSampler:
         world_size: ranks.
         grad_accum: micro-batches per rank per step.
         seed: data seed.
+        clips: sample only these clips of the corpus (default: all; see :func:`holdout_split`).
     """
 
     def __init__(
@@ -78,11 +79,13 @@ class CropSampler:
         world_size: int = 1,
         grad_accum: int = 1,
         seed: int = 0,
+        clips: list[Clip] | None = None,
     ):
         self.corpus, self.labels = corpus, labels
         self.crop_samples, self.micro, self.seed = crop_samples, micro_batch_clips, seed
         self.slots = world_size * grad_accum
-        self.clips: list[Clip] = [c for c in corpus.clips if c.length >= max(min_clip_samples, 400)]
+        pool = corpus.clips if clips is None else clips
+        self.clips: list[Clip] = [c for c in pool if c.length >= max(min_clip_samples, 400)]
         if not self.clips:
             raise ValueError(f"no clip of the corpus {corpus.root} is at least {min_clip_samples} samples long")
         self._perms: dict[int, np.ndarray] = {}
@@ -127,6 +130,30 @@ class CropSampler:
         wav = torch.from_numpy(np.stack(wavs))  # (B, L)
         labels = torch.from_numpy(np.stack(labs))  # (B, K, T)
         return Batch(wav=wav, labels=labels, clip_ids=[c.id for c in clips], step=step, slot=slot)
+
+
+def holdout_split(clips: list[Clip], n_val: int, min_samples: int, seed: int) -> tuple[list[Clip], list[Clip]]:
+    """Hold ``n_val`` clips out of training for validation (a seeded choice among the clips long enough to crop).
+
+    Args:
+        clips: the corpus clips.
+        n_val: clips to hold out (0: no split, both lists are ``clips``).
+        min_samples: only clips at least this long are eligible (shorter ones are never sampled anyway).
+        seed: the data seed.
+
+    Returns:
+        ``(train, val)``, each in corpus order.
+
+    Raises:
+        ValueError: fewer than ``n_val + 1`` eligible clips (training would have none).
+    """
+    if n_val <= 0:
+        return list(clips), list(clips)
+    eligible = [i for i, c in enumerate(clips) if c.length >= max(min_samples, 400)]
+    if n_val >= len(eligible):
+        raise ValueError(f"cannot hold out {n_val} validation clips: only {len(eligible)} clips are long enough")
+    held = {eligible[j] for j in np.random.default_rng([seed, 3]).permutation(len(eligible))[:n_val]}
+    return [c for i, c in enumerate(clips) if i not in held], [c for i, c in enumerate(clips) if i in held]
 
 
 class PretrainLoader:

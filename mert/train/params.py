@@ -64,6 +64,9 @@ class Profile:
     """Steps between validations on fixed crops (0: only at the end)."""
     val_batches: int = 4
     """Micro-batches in a validation pass."""
+    val_holdout_clips: int = 0
+    """Clips held out of training (a seeded choice) and validated on. 0: validation crops are other crops of the
+    training clips (seed + 1), which measures fit to the corpus, not transfer to unseen pieces."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """``auto``: bf16 autocast on CUDA devices that support it, else fp32."""
     compile: bool = False
@@ -90,6 +93,8 @@ class Profile:
             raise ValueError("min_clip_samples >= 400, micro_batch_clips >= 1 and max_steps >= 1 are required")
         if self.warmup_steps < 0 or self.save_interval < 1 or self.keep_last < 1 or self.log_interval < 1:
             raise ValueError("warmup_steps >= 0, save_interval >= 1, keep_last >= 1, log_interval >= 1 are required")
+        if self.val_holdout_clips < 0:
+            raise ValueError(f"val_holdout_clips must be >= 0, got {self.val_holdout_clips}")
         if self.collapse_patience < 1 or self.collapse_band < 0:
             raise ValueError("collapse_patience >= 1 and collapse_band >= 0 are required")
 

@@ -24,7 +24,7 @@ from mert.data.shards import Corpus
 from mert.model.config import MERTConfig
 from mert.model.pretraining import MERTPretrainingModel, PretrainingConfig, teacher_kind
 from mert.train import checkpoint as ckpt
-from mert.train.data import Batch, CropSampler, PretrainLoader
+from mert.train.data import Batch, CropSampler, PretrainLoader, holdout_split
 from mert.train.diagnostics import LabelStats, RunDiagnostics
 from mert.train.distributed import DistInfo, all_reduce_mean, unwrap, wrap_model
 from mert.train.labels import LabelSource
@@ -105,27 +105,11 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, p)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.dtype == torch.float16)
         self.accum = p.grad_accum(self.info.world_size)
-        sampler = CropSampler(
-            self.corpus,
-            self.labels,
-            p.crop_samples,
-            p.min_clip_samples,
-            p.micro_batch_clips,
-            self.info.world_size,
-            self.accum,
-            p.seed,
-        )
+        train_clips, val_clips = holdout_split(self.corpus.clips, p.val_holdout_clips, p.min_clip_samples, p.seed)
+        args = (self.corpus, self.labels, p.crop_samples, p.min_clip_samples, p.micro_batch_clips, self.info.world_size)
+        sampler = CropSampler(*args, self.accum, p.seed, clips=train_clips)
         self.loader = PretrainLoader(sampler, self.info.rank, self.info.world_size, p.loader_prefetch)
-        val = CropSampler(
-            self.corpus,
-            self.labels,
-            p.crop_samples,
-            p.min_clip_samples,
-            p.micro_batch_clips,
-            self.info.world_size,
-            1,
-            p.seed + 1,
-        )
+        val = CropSampler(*args, 1, p.seed + 1, clips=val_clips)  # other crops of the training clips, or held out
         self.val_loader = PretrainLoader(val, self.info.rank, self.info.world_size, prefetch=0)
         stats = LabelStats.from_labels(self.labels, sampler.clips)  # every rank: validation needs the top codes
         self.diagnostics = RunDiagnostics(

@@ -97,3 +97,21 @@ def test_loader_resumes_with_the_same_order(corpus, prefetch):
 def test_loader_throughput_reports_rates(corpus):
     rates = loader_throughput(PretrainLoader(sampler(corpus), prefetch=0), n_steps=5)
     assert rates["batches_per_sec"] > 0 and rates["audio_sec_per_sec"] > 0
+
+
+def test_holdout_split_is_disjoint_seeded_and_off_by_default(corpus):
+    from mert.train.data import holdout_split
+
+    train, val = holdout_split(corpus.clips, 2, 24000, seed=3)
+    assert len(val) == 2 and len(train) == len(corpus.clips) - 2
+    assert not {c.id for c in train} & {c.id for c in val}
+    assert holdout_split(corpus.clips, 2, 24000, seed=3) == (train, val)
+    s = sampler(corpus, clips=train)
+    seen = {s.clip_at(p).id for p in range(4 * len(corpus.clips))}
+    assert seen == {c.id for c in train}
+    # 0 held out: the stream of the default sampler, bit for bit
+    all_train, all_val = holdout_split(corpus.clips, 0, 24000, seed=3)
+    assert all_train == all_val == corpus.clips
+    assert sampler(corpus, clips=all_train).fingerprint() == sampler(corpus).fingerprint()
+    with pytest.raises(ValueError, match="hold out"):
+        holdout_split(corpus.clips, len(corpus.clips), 24000, seed=3)

@@ -186,3 +186,12 @@ def test_disk_logger_tags_and_mlflow_run_gets_tag_params_metrics_and_plot(corpus
     assert PLOT_FILE in [a.path for a in ml.client.list_artifacts(ml.run_id)]
     assert json.loads((tmp_path / "tags.json").read_text())[COLLAPSE_TAG] == "true"
     assert any("val/acc_margin_3" in row for row in read_jsonl(tmp_path / "metrics.jsonl"))
+
+
+def test_validation_on_held_out_clips(corpus_dir, tmp_path):
+    t = trainer(corpus_dir, tmp_path, TagLogger(), max_steps=1, val_holdout_clips=2)
+    train_ids = {c.id for c in t.loader.sampler.clips}
+    val_ids = {c.id for c in t.val_loader.sampler.clips}
+    assert len(val_ids) == 2 and not train_ids & val_ids
+    assert t.diagnostics.stats.clips == len(train_ids)  # the majority rate comes from the training labels
+    assert 0.0 <= t.validate()["val/majority_0"] <= 1.0
