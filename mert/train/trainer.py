@@ -59,6 +59,30 @@ def _cqt(kind: str, device: str) -> torch.nn.Module:
     return build_cqt(kind, device=device).eval()
 
 
+class MetricWindow:
+    """Sums of the train metrics since the last log, averaged at the log (as fairseq's ``train_inner``).
+
+    Steps whose update was skipped (non-finite loss or gradient) are left out of the mean.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        if metrics["optim/skipped"].item() == 0:
+            for k, v in metrics.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+            self.n += 1
+
+    def mean(self, last: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The mean over the window (``last``, the newest step's metrics, if every step of it was skipped); resets."""
+        out = {k: v / self.n for k, v in self.sums.items()} if self.n else dict(last)
+        out["optim/skipped"] = last["optim/skipped"]
+        self.sums, self.n = {}, 0
+        return out
+
+
 class Trainer:
     """MERT pretraining on one rank.
 
@@ -192,16 +216,18 @@ class Trainer:
         it = iter(self.loader)
         try:
             t_last, sec_acc = time.perf_counter(), 0.0
+            window = MetricWindow()
             while self.step < p.max_steps:
                 t0 = time.perf_counter()
                 batches = next(it)
                 wait = time.perf_counter() - t0
                 metrics = self.train_step(batches)
                 self._account(metrics, batches)
+                window.add(metrics)
                 sec_acc += sum(b.seconds for b in batches) * self.info.world_size
                 if self.step % p.log_interval == 0 or self.step == p.max_steps:
                     dt = time.perf_counter() - t_last
-                    self._log_train(metrics, sec_acc / dt, wait)
+                    self._log_train(window.mean(metrics), sec_acc / dt, wait)
                     t_last, sec_acc = time.perf_counter(), 0.0
                 if p.val_interval and self.step % p.val_interval == 0 and self.step < p.max_steps:
                     self._log(self.diagnostics.on_validation(self.step, self.validate()))

@@ -116,3 +116,26 @@ def test_non_finite_steps_are_skipped_then_stop(corpus_dir, tmp_path, monkeypatc
     # The skipped steps changed nothing: the weights are still those of the last good step.
     assert all(torch.equal(good["model"][k], v.cpu()) for k, v in t.raw_model.state_dict().items())
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [2]
+
+
+def test_train_metrics_are_averaged_over_the_log_interval(corpus_dir, tmp_path):
+    """As fairseq's train_inner: a logged train metric is the mean over the steps since the last log, not the
+    single step at the boundary (one batch's accuracy swings with its share of the majority code)."""
+    logger = ListLogger()
+    t = make(corpus_dir, tmp_path, logger, max_steps=4, log_interval=2)
+    per_step = []
+    step_fn = t.train_step
+
+    def recording(batches):
+        m = step_fn(batches)
+        per_step.append({k: v.item() for k, v in m.items()})
+        return m
+
+    t.train_step = recording
+    t.fit()
+    train = [(s, m) for s, m in logger.rows if "optim/lr" in m]
+    assert [s for s, _ in train] == [2, 4]
+    for (_, m), steps in zip(train, (per_step[0:2], per_step[2:4])):
+        for key in ("loss/total", "acc/rvq_0", "loss/rvq_ce", "majority_0"):
+            assert m[f"train/{key}"] == pytest.approx(sum(s[key] for s in steps) / 2, rel=1e-5), key
+        assert m["optim/grad_norm"] == pytest.approx(sum(s["optim/grad_norm"] for s in steps) / 2, rel=1e-5)
