@@ -98,9 +98,13 @@ def _probe_table(rows: list[dict]) -> list[dict]:
     return [s.as_dict() for s in summaries]
 
 
-def _baseline_specs(baselines: list[str] | None, preset: str) -> list[str]:
-    """``random`` stands for the random-init twin of the trained profile's model preset (``random:<preset>``)."""
-    return [f"random:{preset}" if b == "random" else b for b in baselines or []]
+def _baseline_specs(baselines: list[str] | None, export: str) -> list[str]:
+    """``random`` stands for the random-init twin of the trained model.
+
+    ``random:<its export dir>`` has exactly its architecture (model overrides of the profile included) and input
+    normalisation.
+    """
+    return [f"random:{export}" if b == "random" else b for b in baselines or []]
 
 
 @flow(name="mert-pipeline", log_prints=True)
@@ -121,7 +125,7 @@ def mert_pipeline(
         profiles: pretraining profiles to train (default: ``pretrain.profile``); e.g. ``["mert-95m", "mert-330m"]``.
         probe_tasks: task directories to probe (default: the demo corpus's tasks when the demo is the source).
         baselines: handcrafted/random baselines probed beside each model (e.g. ``["mfcc", "chroma", "random"]``;
-            ``random`` is the random-init twin of each profile's model preset, ``random:<preset>``).
+            ``random`` is the random-init twin of each trained model, ``random:<its export dir>``).
         label_shards: split labelling into this many tasks (run concurrently by the task runner).
         nproc_per_node: > 1 launches pretraining under torchrun (one process per GPU).
         max_steps: override the profiles' step count (smoke tests).
@@ -149,13 +153,16 @@ def mert_pipeline(
                  else res["export"])  # fmt: skip
         tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)
         for task_dir in tasks:
-            for spec in [model, *_baseline_specs(baselines, P["pretrain"].profiles[profile].model)]:
-                name = spec.replace(":", "_").replace("/", "_")
+            for spec in [model, *_baseline_specs(baselines, res["export"])]:
+                label = f"random-init {profile}" if spec.startswith("random:") else spec
+                name = label.replace(":", "_").replace("/", "_").replace(" ", "_")
                 out = f"data/probe/{profile}/{Path(task_dir).name}/{name}.json"
                 track = spec == model and res.get("registered_version") is not None
-                row = probe_task(spec, task_dir, out, P["probe"], track) | {"profile": profile, "label": spec}
+                row = probe_task(spec, task_dir, out, P["probe"], track) | {"profile": profile, "label": label}
                 if spec == model:
                     row |= {"label": profile, "role": "pretrained"}
+                elif spec.startswith("random:"):
+                    row |= {"role": "random-init"}
                 results["probe"].append(row)
         if res.get("registered_version") and tasks:
             results.setdefault("promote", []).append(
@@ -177,8 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Run the mert pipeline once, locally.")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profiles", nargs="+")
-    ap.add_argument("--baselines", nargs="*", default=["mfcc", "chroma", "random"],
-                    help="probed beside the model; 'random' = random init of the profile's preset")  # fmt: skip
+    ap.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["mfcc", "chroma", "random"],
+        help="probed beside the model; 'random' = random init of the trained model's architecture",
+    )
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--label-shards", type=int, default=1)
     args = ap.parse_args(argv)

@@ -161,6 +161,28 @@ def load_state_dict_strict(model: MERT, state: dict[str, torch.Tensor], allow_mi
 
 
 # ---------------------------------------------------------------------------------------------- public API
+def load_config(path: str | os.PathLike, do_normalize: bool | None = None) -> tuple[MERTConfig, dict]:
+    """The :class:`MERTConfig` of a released-layout directory (and its raw ``config.json`` dict), weights unread.
+
+    ``do_normalize``: ``None`` follows ``preprocessor_config.json`` (``Wav2Vec2FeatureExtractor``'s default ``True``
+    if the key is absent), else the config default; a bool overrides both.
+
+    Raises:
+        FileNotFoundError: no ``config.json``.
+        ConfigError: unsupported config (e.g. ``feature_extractor_cqt: true``).
+    """
+    path = Path(path)
+    if not (path / CONFIG_NAME).exists():
+        raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (expected the released MERT/HuBERT layout)")
+    hf = json.loads((path / CONFIG_NAME).read_text())
+    cfg = MERTConfig.from_hf_dict(hf)
+    if do_normalize is None and (path / PREPROCESSOR_NAME).exists():
+        do_normalize = bool(json.loads((path / PREPROCESSOR_NAME).read_text()).get("do_normalize", True))
+    if do_normalize is not None:
+        cfg = dataclasses.replace(cfg, do_normalize=do_normalize)
+    return cfg, hf
+
+
 def from_pretrained(
     path: str | os.PathLike,
     *,
@@ -185,14 +207,7 @@ def from_pretrained(
         CheckpointError: missing, unexpected or mis-shaped keys.
     """
     path = Path(path)
-    if not (path / CONFIG_NAME).exists():
-        raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (expected the released MERT/HuBERT layout)")
-    hf = json.loads((path / CONFIG_NAME).read_text())
-    cfg = MERTConfig.from_hf_dict(hf)
-    if do_normalize is None and (path / PREPROCESSOR_NAME).exists():
-        do_normalize = bool(json.loads((path / PREPROCESSOR_NAME).read_text()).get("do_normalize", True))
-    if do_normalize is not None:
-        cfg = dataclasses.replace(cfg, do_normalize=do_normalize)
+    cfg, hf = load_config(path, do_normalize)
     with torch.device("meta"):
         model = MERT(cfg)
     model.to_empty(device="cpu")

@@ -7,7 +7,9 @@ A spec is one of:
   ``checkpoints/`` as ``export/`` is preferred; else ``checkpoint.pt``'s encoder weights and config);
 * ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: resolved to a local HF directory by
   ``mert.tracking`` (the only module allowed to import MLflow), see :func:`resolve_registry`;
-* ``random:<preset>[@seed]``: a randomly initialised :class:`MERT` (seed 0 unless given);
+* ``random:<preset>[@seed]``: a randomly initialised :class:`MERT` (seed 0 unless given); ``random:<HF dir>[@seed]``
+  initialises the exact architecture (and input normalisation) of a trained model's ``config.json`` instead: the
+  random-init twin of a model whose profile overrides its preset;
 * ``mfcc``, ``chroma``, ``cqt``: handcrafted 75 Hz frame features (the floor every table needs).
 
 Every extractor maps ``(B, L)`` 24 kHz audio to ``(n_layers, B, T, D)`` features at 75 Hz.
@@ -159,10 +161,17 @@ def load_training_checkpoint(path: Path, do_normalize: bool | None = None) -> ME
 
 
 def random_model(preset: str, seed: int = 0) -> MERTFeatures:
-    """A seeded random-init encoder of a preset (the "is pretraining worth anything" baseline)."""
-    from mert.model import MERT, MERTConfig
+    """A seeded random-init encoder (the "is pretraining worth anything" baseline).
 
-    cfg = MERTConfig.from_name(preset)
+    Args:
+        preset: a preset name (``mert-tiny``, ...) or an HF-layout directory whose ``config.json`` (and
+            ``preprocessor_config.json``) give the architecture: the random twin of that trained model.
+        seed: torch seed of the initialisation.
+    """
+    from mert.model import MERT, MERTConfig
+    from mert.model.hf import load_config
+
+    cfg = load_config(preset)[0] if Path(preset).is_dir() else MERTConfig.from_name(preset)
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -228,7 +237,7 @@ def load_model(spec: str, do_normalize: bool | None = None) -> FeatureModel:
         preset, _, seed = spec[len("random:") :].partition("@")
         try:
             return random_model(preset, int(seed or 0))
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, FileNotFoundError) as e:
             raise ModelSpecError(f"{spec}: {e}") from e
     if spec.startswith("models:/"):
         model = load_hf_dir(resolve_registry(spec), do_normalize)

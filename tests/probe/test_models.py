@@ -22,6 +22,18 @@ def test_random_model_is_seeded_and_does_not_touch_global_rng():
     assert a.identity_hash == b.identity_hash != c.identity_hash
 
 
+def test_random_twin_of_a_trained_model_has_its_exact_architecture(tmp_path):
+    cfg = MERTConfig.from_name("mert-tiny", hidden_size=48, num_hidden_layers=3, conv_dim=(16,) * 7)
+    MERT(cfg).save_pretrained(tmp_path / "export")
+    twin = load_model(f"random:{tmp_path / 'export'}")
+    h = twin(torch.randn(1, 24000))
+    assert h.shape == (4, 1, 74, 48) and twin.identity["kind"] == "random"
+    assert dataclasses.replace(twin.model.config, hf_extra={}) == dataclasses.replace(MERT(cfg).config, hf_extra={})
+    assert load_model(f"random:{tmp_path / 'export'}").identity_hash == twin.identity_hash  # seeded
+    with pytest.raises(ModelSpecError, match="config.json"):
+        load_model(f"random:{tmp_path}")
+
+
 @pytest.mark.parametrize(("spec", "dim"), [("mfcc", 40), ("chroma", 12), ("cqt", 336)])
 def test_handcrafted_features_at_75_hz(spec, dim):
     model = load_model(spec)
