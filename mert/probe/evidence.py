@@ -10,7 +10,9 @@
 * :func:`compare`: paired bootstrap of the score difference of two results files of the same task over their
   common test clips (the same resampled clips for both, Koehn 2004 "Statistical significance tests for MT
   evaluation"); the verdict is "beats" when the whole CI is above 0, "worse" when below, else "no difference
-  detectable".
+  detectable". The interval covers the sampling of test clips only, not the probe's own training randomness
+  (seed, dropout): on the demo's beat task another probe seed moved F1 by ~0.003, so a verdict on a difference of
+  that size says little about the backbones.
 * :func:`summarize`: per task, rows per model (pretrained, its random-init twin, handcrafted baselines) and the
   verdict lines against the random init and the best handcrafted baseline, from results files; rendered as text
   (:func:`format_text`), Markdown (:func:`markdown`) or table rows (:func:`table_rows`). The Prefect flow and
