@@ -2,7 +2,9 @@
 
 ``mert-95m`` and ``mert-330m`` carry the numbers of MERT's fairseq recipes (``mert-reference.md`` section 4:
 ``MERT_RVQ-VAE_CQT_95M.yaml`` + ``run_training.sh`` and ``MERT_RVQ-VAE_CQT_330M.yaml``); ``mert-tiny`` is the
-CPU demo/test profile. The section picks one with ``profile:``; :meth:`PretrainParams.resolve` returns it.
+CPU demo/test profile; ``mert-small`` is sized and regularised to get past the unigram stage on a 2-core CPU within
+minutes (``docs/results/collapse.md``). The section picks one with ``profile:``; :meth:`PretrainParams.resolve`
+returns it.
 """
 
 from __future__ import annotations
@@ -122,6 +124,41 @@ PROFILES: dict[str, Profile] = {
         log_interval=10,
         val_interval=100,
         val_batches=2,
+        max_consecutive_skips=5,
+    ),
+    # CPU scale that learns within minutes on 2 cores (docs/results/collapse.md): 64 wide, 4 pre-LN layers, no
+    # dropout/layerdrop/mixture, unscaled conv gradients, a 64-dim head, peak LR 5e-3; validated on held-out clips.
+    "mert-small": Profile(
+        model="mert-tiny",
+        model_overrides=dict(
+            conv_dim=[64] * 7,
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_conv_pos_embeddings=32,
+            num_conv_pos_embedding_groups=4,
+            do_stable_layer_norm=True,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            feat_proj_dropout=0.0,
+            layerdrop=0.0,
+            feature_grad_mult=1.0,
+        ),
+        objective_overrides=dict(final_dim=64, mixture_prob=0.0),
+        crop_samples=48_000,
+        batch_seconds=16.0,
+        micro_batch_clips=8,
+        lr=5e-3,
+        warmup_steps=60,
+        max_steps=600,
+        save_interval=200,
+        keep_last=2,
+        log_interval=10,
+        val_interval=100,
+        val_batches=4,
+        val_holdout_clips=4,
         max_consecutive_skips=5,
     ),
     "mert-95m": Profile(),

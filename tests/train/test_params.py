@@ -7,7 +7,7 @@ from mert.train.params import PROFILES, PretrainParams, Profile
 def test_params_yaml_profiles_match_builtin_defaults():
     params = load_section("pretrain", "params.yaml")
     assert params.profile == "mert-tiny"
-    assert set(params.profiles) == {"mert-tiny", "mert-95m", "mert-330m"}
+    assert set(params.profiles) == {"mert-tiny", "mert-small", "mert-95m", "mert-330m"}
     for name, prof in params.profiles.items():
         assert prof == PROFILES[name], name
 
