@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "mert.teachers.commands",  # label
     "mert.model.commands",  # extract
     "mert.train.commands",  # pretrain
+    "mert.ablation.commands",  # ablation label / pretrain / probe / report
 )
 
 

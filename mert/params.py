@@ -163,8 +163,9 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
 
 def _import_schemas() -> None:
     """Import the modules that register sections (kept here so there is one list)."""
-    import mert.data.ingest  # noqa: F401
+    import mert.ablation.params  # noqa: F401
     import mert.data.demo  # noqa: F401
+    import mert.data.ingest  # noqa: F401
     import mert.probe.params  # noqa: F401
     import mert.teachers.config  # noqa: F401
     import mert.train.params  # noqa: F401
