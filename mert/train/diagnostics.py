@@ -312,12 +312,22 @@ class RunDiagnostics:
         patience: validations in a row at the majority rate that raise the warning.
         band: accuracy margin counted as "at the majority rate".
         logger: rank-0 logger or None; ``set_tags`` / ``log_artifact`` are used when it has them.
+        is_main: this process reports (the warning is logged once, by rank 0; every rank tracks the state).
     """
 
-    def __init__(self, stats: LabelStats, teacher: str, out_dir: str | Path, patience: int, band: float, logger=None):
+    def __init__(
+        self,
+        stats: LabelStats,
+        teacher: str,
+        out_dir: str | Path,
+        patience: int,
+        band: float,
+        logger=None,
+        is_main: bool = True,
+    ):
         self.stats, self.teacher, self.out = stats, teacher, Path(out_dir)
         self.detector = CollapseDetector(patience, band)
-        self.logger = logger
+        self.logger, self.is_main = logger, is_main
         self.history: list[dict[str, float]] = []
 
     @property
@@ -360,7 +370,7 @@ class RunDiagnostics:
         event = self.detector.update([val[f"val/acc_margin_{k}"] for k in range(self.stats.n_codebooks)])
         val["val/collapsed"] = float(self.detector.warned)
         self.history.append({"step": float(step), **val})
-        if event is not None:
+        if event is not None and self.is_main:
             self._report(event, step, val)
         if self.logger is not None:
             self.plot()

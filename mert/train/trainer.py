@@ -137,7 +137,13 @@ class Trainer:
         self.val_loader = PretrainLoader(val, self.info.rank, self.info.world_size, prefetch=0)
         stats = LabelStats.from_labels(self.labels, sampler.clips)  # every rank: validation needs the top codes
         self.diagnostics = RunDiagnostics(
-            stats, self.objective.teacher, self.out, p.collapse_patience, p.collapse_band, self.logger
+            stats,
+            self.objective.teacher,
+            self.out,
+            p.collapse_patience,
+            p.collapse_band,
+            self.logger,
+            self.info.is_main,
         )
         latest = ckpt.latest_checkpoint(self.ckpt_dir)
         if latest is not None:
