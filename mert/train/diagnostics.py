@@ -297,7 +297,7 @@ def transition_stats(
 
 # ---------------------------------------------------------------------------------------------- in a run
 COLLAPSE_TAG = "collapse.warning"
-"""Run tag: ``"true"`` while the collapse warning stands, ``"false"`` otherwise (set from the first validation)."""
+"""Run tag: ``"true"`` while the collapse warning stands, ``"false"`` otherwise (set at the setup of a fresh run)."""
 USAGE_FILE = "label_usage.json"
 PLOT_FILE = "collapse_curves.png"
 
@@ -346,13 +346,13 @@ class RunDiagnostics:
         return {f"{prefix}acc_margin_{k}": v for k, v in enumerate(m)}
 
     def on_setup(self, fresh: bool) -> None:
-        """Write ``label_usage.json``; on a fresh run log the label statistics (metrics at step 0 and tags)."""
+        """Rank 0: write ``label_usage.json``; on a fresh run log the label statistics (step-0 metrics, tag)."""
         from mert.utils.io import atomic_write_json
 
-        if self.logger is None:
+        if not self.is_main:
             return
         atomic_write_json(self.out / USAGE_FILE, self.stats.as_json())
-        if fresh:
+        if fresh and self.logger is not None:
             self.logger.log_dict(self.stats.summary(), step=0)
             self._tags({COLLAPSE_TAG: "false"})
         for k, u in enumerate(self.stats.usage):
