@@ -381,11 +381,16 @@ class RunDiagnostics:
         ce = sum(val[f"val/loss/{t}_ce_{k}"] for k in range(K)) / K
         floor = sum(val[f"val/unigram_ce_{k}"] for k in range(K)) / K
         if event == "collapsed":
+            why = (
+                "below the floor: it learns something, but never enough to change its top guess"
+                if ce < floor
+                else "not below the floor: nothing beyond the code frequencies yet"
+            )
             msg = (
                 f"step {step}: validation accuracy has stayed within {self.detector.band} of the majority rate in "
                 f"every codebook for {self.detector.patience} validations: the student predicts code frequencies "
-                f"only. Val CE {ce:.3f} vs unigram floor {floor:.3f} nats per codebook (below the floor: it learns "
-                "something, but never enough to change its top guess). See docs/results/collapse.md."
+                f"only. Val CE {ce:.3f} vs unigram floor {floor:.3f} nats per codebook ({why}). "
+                "See docs/results/collapse.md."
             )
             log.warning(msg)
             self._tags({COLLAPSE_TAG: "true", "collapse.since_step": step, "collapse.message": msg})
