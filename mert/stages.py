@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mert.data.ingest import IngestParams, IngestSummary, ingest
 from mert.data.demo import DemoParams, generate
+from mert.data.ingest import IngestParams, IngestSummary, ingest
 
 
 def demo_corpus(out: str | Path, params: DemoParams | None = None) -> Path:
