@@ -4,12 +4,25 @@ Decoding uses ``soundfile`` (libsndfile: wav, flac, ogg/vorbis, opus, mp3, aiff,
 needs no system packages; resampling uses ``torchaudio.functional``'s windowed-sinc
 resampler. Every failure is an :class:`AudioError` carrying the file and a human-readable
 reason, so callers can quarantine the file and carry on with the rest.
+
+libsndfile's MP3 decoder (libmpg123) prints resync notes straight to the process's stderr
+(``Note: Illegal Audio-MPEG-Header 0x... at offset 40.``, ``Note: Trying to resync...``) while it
+looks for frames in a damaged or non-MP3 file. :func:`quiet_mp3_decoder` captures file descriptor 2
+around MP3 decoding, drops those notes (logged at debug level; the file's fate is the
+:class:`AudioError` reason) and passes every other line through, so real errors still reach the console.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +37,13 @@ DECODABLE = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", 
 
 AUDIO_LIKE = DECODABLE | {".m4a", ".aac", ".wma", ".mp4", ".ape", ".alac", ".webm", ".mka", ".mid", ".midi"}
 """Extensions that look like audio: found by the scanner so the undecodable ones are reported, not ignored."""
+
+MPG123_NOTE = re.compile(
+    r"^(Note: |Warning: |\[src/libmpg123/[^\]]*\] (warning|note|error): |big_resync: |Error: (Encountered|Giving up))"
+)
+"""Lines libmpg123 writes to stderr while resyncing on damaged input (dropped by :func:`quiet_mp3_decoder`)."""
+_STDERR_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 class AudioError(Exception):
@@ -64,7 +84,8 @@ def info(path: str | os.PathLike) -> AudioInfo:
     try:
         with open(path, "rb"):
             pass
-        i = sf.info(str(path))
+        with quiet_mp3_decoder(path):
+            i = sf.info(str(path))
     except PermissionError as e:
         raise AudioError(path, f"permission denied: {e.strerror or e}") from e
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
@@ -92,7 +113,8 @@ def decode(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[n
     if max_seconds is not None and meta.duration > max_seconds:
         raise AudioError(path, f"too long: {meta.duration:.0f} s > max {max_seconds:.0f} s")
     try:
-        data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        with quiet_mp3_decoder(path):
+            data, _ = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
         raise AudioError(path, f"corrupt or truncated audio data ({_short(e)})") from e
     # (frames, C)
@@ -103,6 +125,40 @@ def decode(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[n
     if why := container_truncation(path, meta):
         raise AudioError(path, why)
     return np.ascontiguousarray(data.T), meta  # (C, frames)
+
+
+@contextlib.contextmanager
+def quiet_mp3_decoder(path: str | os.PathLike) -> Iterator[None]:
+    """Silence libmpg123's resync notes on stderr while an MP3 file is opened or decoded; keep other output.
+
+    File descriptor 2 is pointed at a temporary file for the duration (serialised by a lock, since the
+    descriptor is process-wide); afterwards lines matching :data:`MPG123_NOTE` are logged at debug level and
+    every other line is written back to stderr. Other formats run untouched.
+
+    Args:
+        path: the file being decoded (only ``.mp3`` files are captured).
+    """
+    if Path(path).suffix.lower() != ".mp3":
+        yield
+        return
+    with _STDERR_LOCK, tempfile.TemporaryFile() as buf:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            lines = buf.read().decode(errors="replace").splitlines(keepends=True)
+            notes = [ln for ln in lines if MPG123_NOTE.match(ln)]
+            if notes:
+                log.debug("%s: mp3 decoder notes: %s", path, " | ".join(n.strip() for n in notes[:5]))
+            other = "".join(ln for ln in lines if not MPG123_NOTE.match(ln))
+            if other:
+                sys.stderr.write(other)
+                sys.stderr.flush()
 
 
 def container_truncation(path: str | os.PathLike, meta: AudioInfo) -> str | None:
@@ -162,14 +218,19 @@ def resample(audio: np.ndarray, orig_sr: int, new_sr: int = SAMPLE_RATE) -> np.n
 
 
 def check_signal(path: str | os.PathLike, audio: np.ndarray, silence_dbfs: float = -60.0) -> None:
-    """Reject non-finite or silent audio. ``audio`` is any float array."""
+    """Reject non-finite or silent audio (digital silence always; a peak at or below ``silence_dbfs``).
+
+    Raises:
+        AudioError: with a reason starting with ``silent`` or naming the NaN/inf samples.
+    """
     finite = np.isfinite(audio)
     if not finite.all():
         raise AudioError(path, f"contains {int((~finite).sum())} NaN/inf samples")
     peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak == 0:
+        raise AudioError(path, "silent (digital silence: every sample is 0)")
     if peak <= 10 ** (silence_dbfs / 20):
-        level = "digital silence" if peak == 0 else f"peak {20 * np.log10(peak):.1f} dBFS"
-        raise AudioError(path, f"silent ({level} <= {silence_dbfs:.0f} dBFS)")
+        raise AudioError(path, f"silent (peak {20 * np.log10(peak):.1f} dBFS <= {silence_dbfs:.0f} dBFS)")
 
 
 def load_audio(

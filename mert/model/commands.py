@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+
+LAYER_LIST = re.compile(r"^-\d+(,-?\d+)*$|^-\d*\.\d+$")
+"""Option values argparse must not take for options: negative numbers and comma lists of them (``-1,0``)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,11 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-m",
         "--model",
         required=True,
-        help="checkpoint folder in the released layout (e.g. a local copy of m-a-p/MERT-v1-95M), "
-        "or a preset name (mert-tiny, mert-95m, mert-330m) for a randomly initialised model",
+        help="checkpoint folder in the released layout, a Hugging Face hub id (m-a-p/MERT-v1-95M[@revision]; "
+        "HF_HOME, HF_HUB_OFFLINE=1 and the local cache are honoured, no repo code is run), or a preset name "
+        "(mert-tiny, mert-95m, mert-330m) for a randomly initialised model",
     )
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) when --model is a hub id")
     p.add_argument("--seed", type=int, default=0, help="init seed when --model is a preset")
-    p.add_argument("--layers", help="comma-separated hidden-state indices (default: all; 0 = encoder input)")
+    p.add_argument(
+        "--layers",
+        help="comma-separated hidden-state indices, negative from the end (default: all; 0 = encoder "
+        "input; e.g. --layers -1,0)",
+    )
     p.add_argument("--pooling", choices=["mean", "frames", "both"], default="mean")
     p.add_argument("--format", dest="fmt", choices=["npy", "safetensors"], default="npy")
     p.add_argument("--batch-size", type=int, default=4, help="equal-length windows per forward pass")
@@ -36,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_extract)
+    # argparse (< 3.13) reads "--layers -1,0" as a missing value followed by an unknown option "-1,0"; this
+    # parser has no option that looks like a number, so such values are safe to take as values.
+    p._negative_number_matcher = LAYER_LIST
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -54,7 +67,7 @@ def _extract(args: argparse.Namespace) -> int:
             "pass a checkpoint folder for real features"
         )
     else:
-        model = MERT.from_pretrained(args.model, do_normalize=normalize)
+        model = MERT.from_pretrained(args.model, revision=args.revision, do_normalize=normalize)
     model.to(args.device)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     opts = ExtractOptions(
@@ -71,8 +84,11 @@ def _extract(args: argparse.Namespace) -> int:
     speed = s.audio_seconds / max(s.wall_seconds, 1e-9)
     print(
         f"extract -> {args.out}: {len(s.written)} written, {len(s.skipped_existing)} already there, "
-        f"{len(s.failed)} failed; {s.audio_seconds:.1f} s of audio in {s.wall_seconds:.1f} s ({speed:.1f}x real time)"
+        f"{len(s.silent)} silent (skipped), {len(s.failed)} failed; {s.audio_seconds:.1f} s of audio in "
+        f"{s.wall_seconds:.1f} s ({speed:.1f}x real time)"
     )
+    for path, reason in s.silent.items():
+        print(f"  silent: {path}: {reason}")
     for path, reason in s.failed.items():
         print(f"  failed: {path}: {reason}")
     return 1 if s.failed and not s.written else 0

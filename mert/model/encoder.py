@@ -24,9 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mert.model.config import MERTConfig
-
-NORM_EPS = 1e-7
-"""Epsilon of the per-clip input normalisation (``Wav2Vec2FeatureExtractor``)."""
+from mert.model.inputs import NORM_EPS, check_waveform, clip_lengths, frame_mask, normalize_padded
 
 
 @dataclass
@@ -40,11 +38,14 @@ class MERTOutput:
             last entry normalised, equal to ``last_hidden_state``), or None unless requested.
         features: (B, T, C) conv features before the feature projection (after the gradient scaling), for
             the ``mean(features**2)`` penalty.
+        frame_mask: (B, T) bool, True on each clip's own frames, when the call had an ``attention_mask`` with
+            padding (the frames past each clip's end are zero in every tensor above); None otherwise.
     """
 
     last_hidden_state: Tensor
     hidden_states: tuple[Tensor, ...] | None
     features: Tensor
+    frame_mask: Tensor | None = None
 
 
 class GradMultiply(torch.autograd.Function):
@@ -88,14 +89,23 @@ class ConvLayer(nn.Module):
         self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, bias=bias)
         self.layer_norm = nn.GroupNorm(c_out, c_out, affine=True) if group_norm else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C_in, L) -> (B, C_out, T)."""
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """(B, C_in, L) -> (B, C_out, T); ``valid`` (B,) counts each clip's own output frames (layer 0 only)."""
         x = self.conv(x)
         if self.layer_norm is not None:
-            x = self.layer_norm(x)
+            x = self.layer_norm(x) if valid is None else self._masked_group_norm(x, valid)
         return gelu(x)
 
-    def groupnorm_folded(self, wav: Tensor) -> tuple[Tensor, Tensor]:
+    def _masked_group_norm(self, x: Tensor, valid: Tensor) -> Tensor:
+        """GroupNorm(C groups) with each clip's statistics over its first ``valid[b]`` frames only: (B, C, T)."""
+        m = (torch.arange(x.shape[-1], device=x.device)[None] < valid[:, None])[:, None]  # (B, 1, T)
+        n = valid[:, None, None].to(x.dtype)
+        mean = torch.where(m, x, 0).sum(-1, keepdim=True) / n  # (B, C, 1)
+        var = torch.where(m, x - mean, 0).pow(2).sum(-1, keepdim=True) / n
+        gn = self.layer_norm
+        return (x - mean) / torch.sqrt(var + gn.eps) * gn.weight[:, None] + gn.bias[:, None]
+
+    def groupnorm_folded(self, wav: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Fold layer 0's whole-clip GroupNorm into per-clip conv weights, without running the conv.
 
         The conv is linear in the waveform frames f_t (k samples each), so channel c's mean over time is
@@ -105,15 +115,25 @@ class ConvLayer(nn.Module):
 
         Args:
             wav: (B, L) audio, the whole clip.
+            valid: optional (B,) number of each clip's own layer-0 frames (a right-padded batch): the statistics
+                are then taken over those frames only, as for the clip alone.
 
         Returns:
             ``(weight, bias)`` of shapes (B, C, k) and (B, C), in ``wav``'s dtype.
         """
         k, s = self.conv.kernel_size[0], self.conv.stride[0]
         frames = wav.unfold(1, k, s).double()  # (B, T0, k)
-        mu = frames.mean(dim=1)  # (B, k)
+        if valid is None:
+            n = torch.full((wav.shape[0], 1), frames.shape[1], dtype=frames.dtype, device=wav.device)
+        else:
+            keep = torch.arange(frames.shape[1], device=wav.device)[None] < valid[:, None]  # (B, T0)
+            frames = frames * keep[..., None]
+            n = valid[:, None].to(frames.dtype)  # (B, 1)
+        mu = frames.sum(dim=1) / n  # (B, k)
         centred = frames - mu[:, None]
-        cov = centred.transpose(1, 2) @ centred / frames.shape[1]  # (B, k, k)
+        if valid is not None:
+            centred = centred * keep[..., None]
+        cov = centred.transpose(1, 2) @ centred / n[:, :, None]  # (B, k, k)
         w = self.conv.weight[:, 0].double()  # (C, k)
         var = torch.einsum("ck,bkj,cj->bc", w, cov, w)  # (B, C)
         scale = self.layer_norm.weight.double() / torch.sqrt(var + self.layer_norm.eps)  # (B, C)
@@ -150,19 +170,26 @@ class FeatureExtractor(nn.Module):
         )
         self.config = cfg
 
-    def forward(self, wav: Tensor) -> Tensor:
-        """(B, L) -> (B, T, C)."""
+    def forward(self, wav: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, L) -> (B, T, C). ``lengths`` (B,): each clip's samples in a right-padded batch (layer 0's GroupNorm
+        then uses each clip's own samples only); the frames past a clip's end are left for the caller to mask.
+        """
+        valid = None
+        if lengths is not None:
+            k, s = self.config.conv_kernel[0], self.config.conv_stride[0]
+            valid = torch.div(lengths - k, s, rounding_mode="floor") + 1  # (B,) layer-0 frames of each clip
         if not torch.is_grad_enabled():
-            return self._forward_streaming(wav)
+            return self._forward_streaming(wav, valid)
         x = wav[:, None]  # (B, 1, L)
-        for layer in self.conv_layers:
+        x = self.conv_layers[0](x, valid)
+        for layer in self.conv_layers[1:]:
             x = layer(x)
         return x.transpose(1, 2)  # (B, T, C)
 
-    def _forward_streaming(self, wav: Tensor) -> Tensor:
+    def _forward_streaming(self, wav: Tensor, valid: Tensor | None = None) -> Tensor:
         cfg, first = self.config, self.conv_layers[0]
         n_frames, hop, rf = cfg.num_frames(wav.shape[1]), cfg.total_stride, cfg.receptive_field
-        weight, bias = first.groupnorm_folded(wav)
+        weight, bias = first.groupnorm_folded(wav, valid)
         per_frame = wav.shape[0] * cfg.conv_dim[0] * (hop // cfg.conv_stride[0]) * wav.element_size()
         step = max(8, int(self.stream_budget_mib * 2**20 // per_frame))  # output frames per stretch
         out = wav.new_empty(wav.shape[0], n_frames, cfg.conv_dim[-1])  # (B, T, C)
@@ -239,15 +266,19 @@ class Attention(nn.Module):
         self.num_heads, self.head_dim, self.dropout = cfg.num_attention_heads, cfg.head_dim, cfg.attention_dropout
         self.k_proj, self.v_proj, self.q_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, T, D) -> (B, T, D). The softmax scale is ``head_dim**-0.5`` (SDPA's default)."""
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """(B, T, D) -> (B, T, D). The softmax scale is ``head_dim**-0.5`` (SDPA's default).
+
+        ``keep``: optional (B, T) bool; keys where it is False (padding) get no attention weight.
+        """
         b, t, d = x.shape
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3D, D)
         bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])  # (3D,)
         qkv = F.linear(x, w, bias).view(b, t, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hd)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, T, hd)
+        mask = None if keep is None else keep[:, None, None, :]  # (B, 1, 1, T) broadcast over heads and queries
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
         return self.out_proj(y)
 
@@ -281,13 +312,13 @@ class EncoderLayer(nn.Module):
         self.pre_ln = cfg.do_stable_layer_norm
         self.alpha = (2.0 * cfg.num_hidden_layers) ** 0.25 if cfg.deepnorm else 1.0
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, T, D) -> (B, T, D)."""
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """(B, T, D) -> (B, T, D); ``keep`` (B, T) masks padded keys out of the attention."""
         if self.pre_ln:
-            x = x + self.dropout(self.attention(self.layer_norm(x)))
+            x = x + self.dropout(self.attention(self.layer_norm(x), keep))
             return x + self.feed_forward(self.final_layer_norm(x))
         res = x * self.alpha if self.alpha != 1.0 else x
-        x = self.layer_norm(res + self.dropout(self.attention(x)))
+        x = self.layer_norm(res + self.dropout(self.attention(x, keep)))
         res = x * self.alpha if self.alpha != 1.0 else x
         return self.final_layer_norm(res + self.feed_forward(x))
 
@@ -303,8 +334,17 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.pre_ln, self.layerdrop = cfg.do_stable_layer_norm, cfg.layerdrop
 
-    def forward(self, x: Tensor, output_hidden_states: bool = False) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-        """(B, T, D) -> ((B, T, D) last state, hidden states or None). See :class:`MERTOutput`."""
+    def forward(
+        self, x: Tensor, output_hidden_states: bool = False, keep: Tensor | None = None
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        """(B, T, D) -> ((B, T, D) last state, hidden states or None). See :class:`MERTOutput`.
+
+        ``keep``: optional (B, T) bool of each clip's own frames. As ``HubertEncoder`` does, padded frames are
+        zeroed before the positional conv (so it sees what it sees past the end of the clip alone: zeros) and
+        masked out of every attention.
+        """
+        if keep is not None:
+            x = x.masked_fill(~keep[..., None], 0.0)
         x = x + self.pos_conv_embed(x)
         if not self.pre_ln:
             x = self.layer_norm(x)
@@ -312,7 +352,7 @@ class Encoder(nn.Module):
         states = [x] if output_hidden_states else None
         for layer in self.layers:
             if not (self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop):
-                x = layer(x)
+                x = layer(x, keep)
             if states is not None:
                 states.append(x)
         if self.pre_ln:
@@ -342,38 +382,69 @@ class MERT(nn.Module):
         self.encoder = Encoder(config)
         self.reset_parameters()
 
-    def forward(self, wav: Tensor, mask: Tensor | None = None, output_hidden_states: bool = False) -> MERTOutput:
-        """Encode a batch of equal-length clips.
+    def forward(
+        self,
+        wav: Tensor | None = None,
+        mask: Tensor | None = None,
+        output_hidden_states: bool = False,
+        *,
+        input_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> MERTOutput:
+        """Encode a batch of clips, equal-length or right-padded (the HF call style).
+
+        ``model(wav)`` and ``model(input_values=x, attention_mask=m, output_hidden_states=True)`` (what HF MERT
+        code and ``Wav2Vec2FeatureExtractor(..., padding=True)`` produce) are both accepted; the input is checked
+        before any compute (:func:`mert.model.inputs.check_waveform`).
 
         Args:
-            wav: (B, L) float audio at ``config.sample_rate``.
+            wav: (B, L) float mono audio at ``config.sample_rate``, L >= ``config.receptive_field`` (400).
             mask: optional (B, T) bool; True frames of the projected features are replaced by
                 ``masked_spec_embed`` before the positional conv. T must be ``config.num_frames(L)``.
             output_hidden_states: also return every layer's output.
+            input_values: the HF name of ``wav`` (give one of the two).
+            attention_mask: optional (B, L) 1/True on each clip's samples, 0/False on its right padding. Each
+                clip is then encoded as if alone, up to float rounding: per-clip normalisation and layer 0's
+                GroupNorm use its own samples, the positional conv sees zeros past its end, attention ignores
+                padded frames, and its frames past ``config.num_frames(length)`` are zero in the output
+                (``frame_mask`` says which are valid). ``transformers.HubertModel`` differs on group-norm
+                models: its GroupNorm spans the padding too (see the README, "The model").
 
         Returns:
-            :class:`MERTOutput` with tensors of T = ``config.num_frames(L)`` frames.
+            :class:`MERTOutput` with tensors of T = ``config.num_frames(L)`` frames: ``last_hidden_state``
+            (B, T, D), ``hidden_states`` ``num_hidden_layers + 1`` x (B, T, D), ``features`` (B, T, C).
+
+        Raises:
+            ValueError: a wrong input layout or length, a bad ``attention_mask`` or ``mask`` (nothing is computed).
         """
-        if wav.dim() != 2:
-            raise ValueError(f"wav must be (batch, samples), got shape {tuple(wav.shape)}")
+        if input_values is not None and wav is not None:
+            raise ValueError("pass the audio once: wav or input_values, not both")
+        wav = check_waveform(wav if input_values is None else input_values, self.config)
+        lengths = clip_lengths(attention_mask, wav, self.config)  # None: nothing padded
+        n_frames = self.config.num_frames(wav.shape[1])
+        if mask is not None and tuple(mask.shape) != (wav.shape[0], n_frames):
+            raise ValueError(f"mask shape {tuple(mask.shape)} != (batch, frames) {(wav.shape[0], n_frames)}")
         if self.config.do_normalize:
-            wav = normalize_waveform(wav)
-        features = self._features(wav)  # (B, T, C)
+            wav = normalize_waveform(wav) if lengths is None else normalize_padded(wav, lengths)
+        features = self._features(wav, lengths)  # (B, T, C)
         x = self.feature_projection(features)  # (B, T, D)
         if mask is not None:
-            if mask.shape != x.shape[:2]:
-                raise ValueError(f"mask shape {tuple(mask.shape)} != (batch, frames) {tuple(x.shape[:2])}")
             x = torch.where(mask[..., None], self.masked_spec_embed.to(x.dtype), x)
-        last, states = self.encoder(x, output_hidden_states)
-        return MERTOutput(last_hidden_state=last, hidden_states=states, features=features)
+        keep = None if lengths is None else frame_mask(lengths, self.config, n_frames)  # (B, T)
+        last, states = self.encoder(x, output_hidden_states, keep)
+        if keep is None:
+            return MERTOutput(last_hidden_state=last, hidden_states=states, features=features)
+        pad = ~keep[..., None]  # (B, T, 1): frames past each clip's end
+        states = None if states is None else tuple(h.masked_fill(pad, 0.0) for h in states)
+        return MERTOutput(last.masked_fill(pad, 0.0), states, features.masked_fill(pad, 0.0), frame_mask=keep)
 
-    def _features(self, wav: Tensor) -> Tensor:
+    def _features(self, wav: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Conv features with fairseq's gradient handling: scaled by ``feature_grad_mult``, or frozen at 0."""
         mult = self.config.feature_grad_mult
         if mult <= 0:
             with torch.no_grad():
-                return self.feature_extractor(wav)
-        features = self.feature_extractor(wav)
+                return self.feature_extractor(wav, lengths)
+        features = self.feature_extractor(wav, lengths)
         if mult != 1.0 and self.training and features.requires_grad:
             features = GradMultiply.apply(features, mult)
         return features
@@ -416,7 +487,10 @@ class MERT(nn.Module):
     # ------------------------------------------------------------------ released HF layout (mert/model/hf.py)
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> MERT:
-        """Load a directory in the released ``m-a-p/MERT-v1-*`` layout; see :func:`mert.model.hf.from_pretrained`."""
+        """Load the released ``m-a-p/MERT-v1-*`` layout from a directory or a hub id (``m-a-p/MERT-v1-95M``);
+        see :func:`mert.model.hf.from_pretrained` (``revision``, ``cache_dir``, ``do_normalize``, ``dtype``,
+        ``device``).
+        """
         from mert.model.hf import from_pretrained
 
         return from_pretrained(path, **kwargs)

@@ -1,10 +1,10 @@
 """Per-layer MERT features for audio files: the library side of ``mert extract``.
 
 Each file is decoded with :func:`mert.audio.load_audio` (any format/rate the data layer reads, downmixed and
-resampled to the model rate); undecodable, silent-free-but-broken or too-short files are reported with the
-reason and skipped, the rest proceeds. Outputs per file are the hidden states of the chosen layers,
-time-averaged (``mean``, shape (n_layers, D)) and/or frame level (``frames``, (n_layers, T, D)), as ``.npy``
-or ``.safetensors``, each written atomically.
+resampled to the model rate); undecodable or too-short files are reported as failed with the reason, a file of
+digital silence (every sample 0) is reported as silent, both are skipped, and the rest proceeds. Outputs per
+file are the hidden states of the chosen layers, time-averaged (``mean``, shape (n_layers, D)) and/or frame
+level (``frames``, (n_layers, T, D)), as ``.npy`` or ``.safetensors``, each written atomically.
 
 Long audio is encoded in windows of ``chunk_seconds`` (default 30 s, the MARBLE window) overlapping by
 ``overlap_seconds``, so memory and attention cost stay bounded whatever the track length (the released model
@@ -181,6 +181,8 @@ class ExtractSummary:
     written: list[str] = field(default_factory=list)
     skipped_existing: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    silent: dict[str, str] = field(default_factory=dict)
+    """Files of digital silence (path -> reason): skipped, not failures."""
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -302,8 +304,9 @@ def _windows(todo, cfg: MERTConfig, opts: ExtractOptions, n_layers: int, summary
             if audio.shape[0] < cfg.receptive_field:
                 raise AudioError(path, f"too short: {audio.shape[0]} samples < {cfg.receptive_field} (one frame)")
         except AudioError as e:
-            log.warning("skipping %s: %s", path, e.reason)
-            summary.failed[str(path)] = e.reason
+            silent = e.reason.startswith("silent")
+            log.log(logging.INFO if silent else logging.WARNING, "skipping %s: %s", path, e.reason)
+            (summary.silent if silent else summary.failed)[str(path)] = e.reason
             bar.update(1)
             continue
         wav = torch.from_numpy(audio)

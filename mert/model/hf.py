@@ -8,6 +8,13 @@ each clip. Loading is strict (every key present, nothing extra, shapes equal) an
 ``weight_g``/``weight_v`` (released files, older torch) or ``parametrizations.weight.original0/1``
 (``transformers`` >= 4.4x with torch's new parametrizations); both map onto our ``weight_g``/``weight_v``,
 which is what avoids the known "silently random positional conv" bug.
+
+A Hugging Face hub id (``m-a-p/MERT-v1-95M``, optionally ``@revision``) is resolved by
+:func:`resolve_pretrained` with ``huggingface_hub.snapshot_download``, fetching only ``config.json``,
+``preprocessor_config.json`` and the weights (``allow_patterns``): the repos' custom code
+(``modeling_MERT.py``, ``auto_map``) is never downloaded, imported or run. The cache, the offline switch and the
+endpoint are read from the environment at call time (``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``,
+``HF_ENDPOINT``), so a cached model loads with the network off.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +81,19 @@ _UNSUPPORTED_TRUE = {
 
 class CheckpointError(RuntimeError):
     """A checkpoint that does not match the model: names the missing, unexpected and mis-shaped keys."""
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """Neither a local checkpoint directory nor a hub id that can be resolved (the message says what was tried)."""
+
+
+HUB_FILE_SETS = (
+    (CONFIG_NAME, PREPROCESSOR_NAME, SAFETENSORS_NAME, SAFETENSORS_NAME + ".index.json", "model-*-of-*.safetensors"),
+    (CONFIG_NAME, PREPROCESSOR_NAME, BIN_NAME, BIN_NAME + ".index.json", "pytorch_model-*-of-*.bin"),
+)
+"""``allow_patterns`` tried in order: the safetensors weights, else the pickle-free-loaded ``.bin`` (never both)."""
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_TRUE = {"1", "on", "yes", "true"}
 
 
 # ---------------------------------------------------------------------------------------------- config.json
@@ -160,6 +181,121 @@ def load_state_dict_strict(model: MERT, state: dict[str, torch.Tensor], allow_mi
     model.load_state_dict({**{k: own[k] for k in allow_missing if k not in state}, **state}, strict=True)
 
 
+# ---------------------------------------------------------------------------------------------- hub ids
+def split_revision(spec: str) -> tuple[str, str | None]:
+    """``"org/name@rev"`` -> ``("org/name", "rev")``; ``"org/name"`` -> ``("org/name", None)``."""
+    repo, sep, rev = str(spec).partition("@")
+    return repo, (rev or None) if sep else None
+
+
+def is_hub_id(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` reads as a hub id ``org/name[@revision]`` rather than a local path (which wins if it exists)."""
+    text = str(spec)
+    return not Path(text).exists() and _HUB_ID.fullmatch(split_revision(text)[0]) is not None
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache as ``huggingface_hub`` resolves it, read from the environment now:
+    ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub`` (``~/.cache``).
+    """
+    env = os.environ
+    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.path.expandvars(env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"])).expanduser()
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set to a true value, read now (not at import)."""
+    env = os.environ
+    return (env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE") or "").strip().lower() in _TRUE
+
+
+def resolve_pretrained(
+    spec: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """A local directory in the released layout for a directory or a hub id (downloaded or from the cache).
+
+    Args:
+        spec: a directory, or a hub id ``org/name`` with an optional ``@revision`` (branch, tag or commit).
+        revision: the revision (overrides ``@revision``); default ``main``.
+        cache_dir: the hub cache (default: :func:`hub_cache_dir`).
+
+    Returns:
+        The directory (for a hub id, the cached snapshot ``models--org--name/snapshots/<commit>``).
+
+    Raises:
+        ModelNotFoundError: no such directory and not a hub id; or the id is not cached and the hub cannot be
+            reached (or ``HF_HUB_OFFLINE=1``); or the repo, the revision or its weights do not exist.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if not is_hub_id(spec):
+        raise ModelNotFoundError(f"{spec}: no such directory, and not a Hugging Face hub id (org/name[@revision])")
+    repo, rev = split_revision(str(spec))
+    return _download(repo, revision or rev, Path(cache_dir) if cache_dir else hub_cache_dir())
+
+
+def _download(repo: str, revision: str | None, cache: Path) -> Path:
+    """``snapshot_download`` of the config + one weights format (safetensors first), from the cache if offline."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    name = f"{repo}@{revision}" if revision else repo
+    offline, endpoint = hub_offline(), os.environ.get("HF_ENDPOINT") or None
+    missing: Exception | None = None
+    for patterns in HUB_FILE_SETS:
+        try:
+            got = snapshot_download(repo, revision=revision, cache_dir=cache, allow_patterns=list(patterns),
+                                    local_files_only=offline, endpoint=endpoint)  # fmt: skip
+        except LocalEntryNotFoundError as e:  # not cached (or incomplete) and no way to download
+            missing = e
+            continue
+        except RevisionNotFoundError as e:
+            raise ModelNotFoundError(f"{name}: the hub repo has no revision {revision!r}") from e
+        except RepositoryNotFoundError as e:  # also gated / private without a token
+            raise ModelNotFoundError(
+                f"{name}: no such model repo on the hub (or it is private or gated: log in with `hf auth login`)"
+            ) from e
+        except HfHubHTTPError as e:
+            raise ModelNotFoundError(f"{name}: the hub refused the download ({e})") from e
+        directory = Path(got)
+        if (directory / CONFIG_NAME).is_file() and _has_weights(directory):
+            return directory
+    if missing is None:  # found, but without config.json or weights in either format
+        raise ModelNotFoundError(f"{name}: the repo (cache {cache}) has no {CONFIG_NAME} with {SAFETENSORS_NAME} "
+                                 f"or {BIN_NAME}: not a MERT/HuBERT checkpoint")  # fmt: skip
+    why = (
+        "HF_HUB_OFFLINE=1 forbids downloading it"
+        if offline
+        else f"the hub ({endpoint or 'https://huggingface.co'}) cannot be reached ({_first_line(missing)})"
+    )
+    raise ModelNotFoundError(
+        f"{name}: not a local directory, not in the Hugging Face cache {cache} (HF_HOME / HF_HUB_CACHE), and {why}. "
+        f"Download it once with network access (`hf download {repo}` or MERT.from_pretrained({repo!r})), "
+        "or point HF_HOME at a cache that holds it."
+    ) from missing
+
+
+def _has_weights(directory: Path) -> bool:
+    try:
+        return all(f.is_file() for f in _weight_files(directory))
+    except (FileNotFoundError, KeyError, ValueError):
+        return False
+
+
+def _first_line(e: BaseException) -> str:
+    cause = e.__cause__ or e
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"[:200]
+
+
 # ---------------------------------------------------------------------------------------------- public API
 def load_config(path: str | os.PathLike, do_normalize: bool | None = None) -> tuple[MERTConfig, dict]:
     """The :class:`MERTConfig` of a released-layout directory (and its raw ``config.json`` dict), weights unread.
@@ -186,14 +322,20 @@ def load_config(path: str | os.PathLike, do_normalize: bool | None = None) -> tu
 def from_pretrained(
     path: str | os.PathLike,
     *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
     do_normalize: bool | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> MERT:
-    """Load a directory in the released ``m-a-p/MERT-v1-*`` layout into :class:`MERT` (eval mode).
+    """Load the released ``m-a-p/MERT-v1-*`` layout into :class:`MERT` (eval mode), from a directory or the hub.
 
     Args:
-        path: directory with ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``.
+        path: directory with ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``, or a Hugging
+            Face hub id (``m-a-p/MERT-v1-95M``, optionally ``@revision``) resolved by :func:`resolve_pretrained`
+            (``HF_HOME``, ``HF_HUB_OFFLINE=1`` and the local cache are honoured; no repo code is run).
+        revision: hub revision (branch, tag or commit) of a hub id; default ``main``.
+        cache_dir: hub cache directory (default ``$HF_HUB_CACHE`` or ``$HF_HOME/hub``).
         do_normalize: per-clip input normalisation; ``None`` follows ``preprocessor_config.json``
             (``Wav2Vec2FeatureExtractor``'s default ``True`` if the key is absent), else the config default.
         dtype: parameter dtype.
@@ -203,10 +345,11 @@ def from_pretrained(
         The model in eval mode.
 
     Raises:
+        ModelNotFoundError: neither a directory nor a resolvable hub id (see :func:`resolve_pretrained`).
         ConfigError: unsupported config (e.g. ``feature_extractor_cqt: true``).
         CheckpointError: missing, unexpected or mis-shaped keys.
     """
-    path = Path(path)
+    path = resolve_pretrained(path, revision, cache_dir)
     cfg, hf = load_config(path, do_normalize)
     with torch.device("meta"):
         model = MERT(cfg)

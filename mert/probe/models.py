@@ -3,6 +3,9 @@
 A spec is one of:
 
 * a directory in the released HF layout (``config.json`` + weights, :meth:`MERT.from_pretrained`);
+* a Hugging Face hub id ``org/name[@revision]`` (``m-a-p/MERT-v1-95M``): downloaded or read from the local cache
+  by :func:`mert.model.hf.resolve_pretrained` (``HF_HOME``, ``HF_HUB_OFFLINE=1``; no repo code is run), then
+  loaded as a directory; the identity records the id and the snapshot's commit;
 * a training checkpoint directory ``step-XXXXXXXX/`` (an HF export inside it or next to the run's
   ``checkpoints/`` as ``export/`` is preferred; else ``checkpoint.pt``'s encoder weights and config);
 * ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: resolved to a local HF directory by
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mert.model.hf import is_hub_id
 from mert.utils.io import sha256_file, sha256_json
 
 SAMPLE_RATE = 24_000
@@ -125,6 +129,19 @@ def load_hf_dir(path: Path, do_normalize: bool | None = None) -> MERTFeatures:
     model = MERT.from_pretrained(path, do_normalize=do_normalize)
     ident = _hf_identity(path) | {"source": str(path.resolve()), "do_normalize": model.config.do_normalize}
     return MERTFeatures(model, ident)
+
+
+def load_hub_id(spec: str, do_normalize: bool | None = None) -> MERTFeatures:
+    """A hub id ``org/name[@revision]`` resolved to its cached snapshot (downloaded if needed and allowed)."""
+    from mert.model.hf import ModelNotFoundError, resolve_pretrained, split_revision
+
+    try:
+        path = resolve_pretrained(spec)
+    except ModelNotFoundError as e:
+        raise ModelSpecError(str(e)) from e
+    model = load_hf_dir(path, do_normalize)
+    model.identity |= {"hub_id": split_revision(spec)[0], "hub_commit": path.name}
+    return model
 
 
 def _checkpoint_export(path: Path) -> Path | None:
@@ -244,9 +261,12 @@ def load_model(spec: str, do_normalize: bool | None = None) -> FeatureModel:
         model.identity["registry_uri"] = spec
         return model
     path = Path(spec)
+    if not path.is_dir() and is_hub_id(spec):
+        return load_hub_id(spec, do_normalize)
     if not path.is_dir():
         raise ModelSpecError(
-            f"{spec!r} is not a directory, a models:/ URI, random:<preset> or one of {list(HANDCRAFTED)}"
+            f"{spec!r} is not a directory, a hub id (org/name[@revision]), a models:/ URI, random:<preset> or one "
+            f"of {list(HANDCRAFTED)}"
         )
     if (path / "checkpoint.pt").is_file() or path.name.startswith("step-"):
         return load_training_checkpoint(path, do_normalize)

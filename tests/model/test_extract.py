@@ -122,3 +122,15 @@ def test_extract_matches_direct_forward_and_skips_existing(tmp_path, write_audio
     np.testing.assert_allclose(got["mean"], ref.mean(1), atol=1e-5, rtol=1e-5)
     again = extract_features(model, [a, b], out, opts, progress=False)
     assert not again.written and len(again.skipped_existing) == 2
+
+
+def test_silent_file_is_reported_as_silent_not_failed(tmp_path, write_audio, capsys):
+    write_audio("in/ok.wav", noise(1.0))
+    write_audio("in/quiet.wav", np.zeros(24000, np.float32))
+    rc = main(["extract", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", "mert-tiny", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "1 silent (skipped), 0 failed" in out and "quiet.wav: silent (digital silence: every sample is 0)" in out
+    assert "-inf" not in out and "unreadable" not in out
+    summary = json.loads((tmp_path / "out" / "extract_summary.json").read_text())
+    assert summary["failed"] == {} and list(summary["silent"]) == [str(tmp_path / "in" / "quiet.wav")]

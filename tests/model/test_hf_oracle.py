@@ -154,3 +154,32 @@ def test_cqt_config_rejected(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="feature_extractor_cqt.*not supported"):
         MERT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("stable", [False, True], ids=["post-LN", "pre-LN"])
+def test_padded_batch_against_hubert_attention_mask(tmp_path, stable):
+    """``HubertModel(input_values, attention_mask)`` on a padded batch vs ours (what the README documents).
+
+    The unpadded row agrees. For the padded row, our features equal HubertModel's on the clip alone, while
+    HubertModel's own padded output differs from it: its layer-0 GroupNorm (group-norm models such as MERT) takes
+    statistics over the padding too, and its frames past the clip's end are not zeroed.
+    """
+    ref = _hubert(stable)
+    ref.save_pretrained(tmp_path)
+    ours = MERT.from_pretrained(tmp_path)
+    torch.manual_seed(0)
+    x, m = torch.zeros(2, 24000), torch.zeros(2, 24000, dtype=torch.long)
+    for i, n in enumerate((24000, 13000)):
+        x[i, :n], m[i, :n] = 0.1 * torch.randn(n), 1
+    with torch.no_grad():
+        a = ours(input_values=x, attention_mask=m, output_hidden_states=True)
+        b = ref(input_values=x, attention_mask=m, output_hidden_states=True)
+        alone = ref(x[1:, :13000], output_hidden_states=True)
+    t = alone.last_hidden_state.shape[1]
+    n = len(a.hidden_states) - (1 if stable else 0)  # see _compare: transformers 5's last pre-LN state
+    for i in range(n):
+        torch.testing.assert_close(a.hidden_states[i][0], b.hidden_states[i][0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a.hidden_states[i][1, :t], alone.hidden_states[i][0], atol=1e-4, rtol=1e-4)
+        rel = (b.hidden_states[i][1, :t] - alone.hidden_states[i][0]).norm() / alone.hidden_states[i][0].norm()
+        assert rel > 0.05, f"layer {i}: HubertModel's padded row now matches the clip alone ({rel:.3f})"
+    assert not a.last_hidden_state[1, t:].any() and b.last_hidden_state[1, t:].abs().max() > 0
