@@ -59,9 +59,19 @@ def _ingest(args: argparse.Namespace) -> int:
         atomic_write_json(args.metrics, summary.as_dict())
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
+    elif summary.found == 0:
+        print(no_audio_message(args.src, summary.corpus_files))
     else:
         print_summary(summary, args.out)
     return 0
+
+
+def no_audio_message(src: Path, corpus_files: int) -> str:
+    """What an ingest of a directory without audio files says (the run still succeeds: exit 0)."""
+    from mert.audio import AUDIO_LIKE
+
+    exts = " ".join(sorted(AUDIO_LIKE))
+    return f"no audio files found under {src} (looked for {exts}); the corpus holds {corpus_files} files"
 
 
 def print_summary(s, out: Path) -> None:

@@ -138,6 +138,7 @@ def probe(
         "layer_weights": result.layer_weights,
         "model": model.identity | {"label": model_spec, "hash": model.identity_hash},
         "n_clips": _n_clips(task, feats.skipped),
+        "n_clips_task": task.counts(),  # before skipping: a split that lost clips shows against it
         "skipped": feats.skipped,
         "n_skipped": len(feats.skipped),
         "timing": {
@@ -154,5 +155,6 @@ def probe(
     report["timing"]["evidence_s"] = round(evidence_s, 3)
     write_outputs(report, out, metrics_path)
     if feats.skipped:
-        log.warning("%d unreadable file(s) skipped: %s", len(feats.skipped), sorted(feats.skipped)[:5])
+        log.warning("%d file(s) skipped (undecodable, silent or too short): %s", len(feats.skipped),
+                    sorted(feats.skipped.items())[:5])  # fmt: skip
     return report

@@ -14,8 +14,9 @@ KINDS = ("multiclass", "key", "pitch", "multilabel", "regression", "beats", "sep
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="probe a frozen model layer by layer on a task (MARBLE protocol)")
-    p.add_argument("--model", required=True, help="HF dir, step-* checkpoint, models:/name@alias, random:<preset>, "
-                   "mfcc, chroma or cqt")  # fmt: skip
+    p.add_argument("--model", required=True, help="HF dir, hub id (m-a-p/MERT-v1-95M[@revision], from the local "
+                   "cache or downloaded; HF_HUB_OFFLINE=1 honoured), step-* checkpoint, models:/name@alias, "
+                   "random:<preset>, mfcc, chroma or cqt")  # fmt: skip
     p.add_argument(
         "--task", required=True, help="task directory, or <adapter>[:<dataset root>] (mert/probe/DATASETS.md)"
     )
@@ -62,9 +63,30 @@ def _probe(args: argparse.Namespace) -> int:
     from mert.probe.evidence import describe
 
     print(f"{report['task']} [{report['task_kind']}] {args.model}: best layer {report['best_layer']} "
-          f"(valid {report['valid_score']:.4f}); {describe(report)}; "
-          f"clips {report['n_clips']}, skipped {report['n_skipped']} -> {args.out}")  # fmt: skip
+          f"(valid {report['valid_score']:.4f}); {describe(report)} -> {args.out}")  # fmt: skip
+    print(split_counts(report))
     return 0
+
+
+def split_counts(report: dict) -> str:
+    """``clips per split: train 200, valid 60, test 139 of 140 (1 lost)`` and why clips were skipped.
+
+    A split that lost clips (undecodable, silent or too-short audio) shows ``kept of total``; the skipped files
+    follow with their reason (the first five).
+    """
+    n, total = report["n_clips"], report.get("n_clips_task") or report["n_clips"]
+    cells = [f"{s} {n[s]}" + (f" of {total[s]} ({total[s] - n[s]} lost)" if total.get(s, n[s]) != n[s] else "")
+             for s in n]  # fmt: skip
+    lines = ["clips per split: " + ", ".join(cells)]
+    skipped = report.get("skipped") or {}
+    if skipped:
+        reasons: dict[str, int] = {}
+        for why in skipped.values():
+            key = why.split(" (")[0].split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        lines.append(f"skipped {len(skipped)} file(s): " + ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items())))
+        lines += [f"  {path}: {why}" for path, why in sorted(skipped.items())[:5]]
+    return "\n".join(lines)
 
 
 def _compare(args: argparse.Namespace) -> int:
