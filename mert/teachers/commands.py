@@ -41,6 +41,12 @@ def _register_label(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--metrics", type=Path, help="also write the summary JSON here (for `dvc metrics`)")
+    p.add_argument(
+        "--allow-single-code",
+        action="store_true",
+        help="accept a store in which a codebook uses a single code (refused by default, here and by "
+        "mert pretrain: such a codebook teaches nothing); recorded in the store's usage.json",
+    )
     add_params_arg(p)
     p.set_defaults(handler=_label)
 
@@ -48,6 +54,7 @@ def _register_label(sub: argparse._SubParsersAction) -> None:
 def _label(args: argparse.Namespace) -> int:
     from mert.params import load_section
     from mert.teachers.label_run import run_label
+    from mert.teachers.labels import UntrainableLabels
 
     over = {k: getattr(args, k) for k in ("teacher", "device", "batch_size") if getattr(args, k) is not None}
     params = load_section("label", args.params, over)
@@ -56,16 +63,22 @@ def _label(args: argparse.Namespace) -> int:
     # torchrun sets RANK / WORLD_SIZE: each rank then labels its own block of the manifest.
     shard = args.shard_index if args.shard_index is not None else int(os.environ.get("RANK", 0))
     shards = args.num_shards if args.num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
-    summary = run_label(
-        args.corpus,
-        args.labels,
-        params,
-        shard_index=shard,
-        num_shards=shards,
-        start=args.start,
-        stop=args.stop,
-        progress=not args.no_progress,
-    )
+    try:
+        summary = run_label(
+            args.corpus,
+            args.labels,
+            params,
+            shard_index=shard,
+            num_shards=shards,
+            start=args.start,
+            stop=args.stop,
+            progress=not args.no_progress,
+            allow_single_code=args.allow_single_code,
+        )
+    except UntrainableLabels as e:
+        if getattr(e, "summary", None) is not None and not args.json:
+            print_summary(e.summary)  # the usage table, then the refusal (exit 1)
+        raise
     if args.metrics:
         from mert.utils.io import atomic_write_json
 
@@ -128,8 +141,9 @@ def print_usage(usage: dict, console=None) -> None:
             f"{u['top_share']:.3f}",
         )
     console.print(t)
+    accepted = " (accepted with --allow-single-code)" if usage.get("single_code_allowed") else ""
     for k in single_code_codebooks(usage):
-        console.print(f"[bold red]WARNING[/]: {single_code_warning(usage, k)}", highlight=False)
+        console.print(f"[bold red]WARNING{accepted}[/]: {single_code_warning(usage, k)}", highlight=False)
 
 
 def _register_teacher(sub: argparse._SubParsersAction) -> None:

@@ -34,7 +34,7 @@ import torch
 
 from mert.data.shards import Clip, Corpus, CorpusError
 from mert.teachers.base import HOP, WINDOW, TargetExtractor, TeacherError, student_frames
-from mert.teachers.labels import CLIP_DIR, LabelStore
+from mert.teachers.labels import CLIP_DIR, LabelStore, UntrainableLabels
 from mert.utils.io import atomic_write_csv, remove_stale_tmp
 
 log = logging.getLogger(__name__)
@@ -272,6 +272,7 @@ def label_corpus(
     device: str = "auto",
     progress: bool = True,
     usage: bool = True,
+    allow_single_code: bool = False,
 ) -> LabelSummary:
     """Label manifest rows ``[start, stop)``, block ``shard_index`` of ``num_shards``, into ``labels_dir``.
 
@@ -279,8 +280,12 @@ def label_corpus(
         A :class:`LabelSummary`. Unreadable / truncated / non-finite audio and clips too short for
         one student frame are listed in the range's ``label_rejects*.csv`` and skipped. With ``usage``, the
         code usage of every clip of the corpus labelled in the store so far (all ranges) is computed after the
-        run (not counted in ``wall_seconds``), written to the store's ``usage.json`` and logged with a warning
-        for every codebook that uses a single code.
+        run (not counted in ``wall_seconds``) and written to the store's ``usage.json``.
+
+    Raises:
+        UntrainableLabels: with ``usage``, a codebook uses a single code (the labels stay on disk, so a rerun
+            computes nothing) and ``allow_single_code`` is false; with it true, the store is accepted with a
+            loud warning and ``usage.json`` records ``single_code_allowed`` for ``mert pretrain``.
     """
     t0 = time.perf_counter()
     corpus = Corpus(corpus_dir, verify=False)  # a bad shard rejects its clips, not the run
@@ -315,10 +320,13 @@ def label_corpus(
     s.wall_seconds = time.perf_counter() - t0
     if usage:
         t1 = time.perf_counter()
-        s.usage = store.write_usage(corpus.clips, teacher.codebook_size)
+        s.usage = store.write_usage(corpus.clips, teacher.codebook_size, single_code_allowed=allow_single_code)
         s.usage_seconds = time.perf_counter() - t1
-        for k in single_code_codebooks(s.usage):
-            log.warning("%s", single_code_warning(s.usage, k))
+        try:
+            check_code_usage(s.usage, allow_single_code, "mert label")
+        except UntrainableLabels as e:
+            e.summary = s  # what was labelled, for the caller's report
+            raise
     return s
 
 
@@ -331,7 +339,40 @@ def single_code_warning(usage: dict, k: str) -> str:
     u = usage["codebooks"][k]
     return (
         f"codebook {k} of {usage['teacher']} uses a single code (code {u['top_code']} on all {u['frames']} "
-        "frames): it carries no information for the student"
+        f"frames: {u['distinct']} of {u['codebook_size']} codes used, entropy {abs(u['entropy_bits']):.2f} bits, top "
+        f"share {u['top_share']:.3f}): it carries no information for the student"
+    )
+
+
+ALLOW_FLAG = "--allow-single-code"
+
+
+def check_code_usage(usage: dict, allowed: bool, who: str) -> None:
+    """Refuse a store in which a codebook uses a single code, or accept it loudly when ``allowed``.
+
+    Args:
+        usage: a ``LabelStore.usage`` dict (``usage.json``).
+        allowed: the store was accepted with ``mert label --allow-single-code``.
+        who: the command refusing (named in the message).
+
+    Raises:
+        UntrainableLabels: a single-code codebook and not ``allowed``; the message names each such codebook
+            and its code usage, why it cannot teach, and how to fix or override it.
+    """
+    single = single_code_codebooks(usage)
+    if not single:
+        return
+    lines = "; ".join(single_code_warning(usage, k) for k in single)
+    if allowed:
+        log.warning("ACCEPTED WITH %s, THE STUDENT WILL LEARN NOTHING FROM %s: %s", ALLOW_FLAG.upper(),
+                    "THESE CODEBOOKS" if len(single) > 1 else "THIS CODEBOOK", lines)  # fmt: skip
+        return
+    raise UntrainableLabels(
+        f"{who} refuses label store {usage.get('teacher')}: {lines}. A student that always predicts that code "
+        "is always right, so its masked accuracy climbs on a trivial target (e.g. EnCodec weights whose "
+        "codebooks were never initialised). Fix the teacher (label.rvq.weights: pretrained or a trained "
+        f"checkpoint), or accept the store anyway with `mert label CORPUS LABELS {ALLOW_FLAG}` (nothing is "
+        "relabelled)."
     )
 
 
@@ -398,8 +439,14 @@ def run_label(
     start: int | None = None,
     stop: int | None = None,
     progress: bool = True,
+    allow_single_code: bool = False,
 ) -> LabelSummary:
-    """The ``label`` stage: build the teacher from ``params`` (``LabelParams``) and label the range."""
+    """The ``label`` stage: build the teacher from ``params`` (``LabelParams``) and label the range.
+
+    Raises:
+        UntrainableLabels: a codebook uses a single code and ``allow_single_code`` is false (see
+            :func:`check_code_usage`).
+    """
     from mert.teachers.build import build_teacher
 
     teacher = build_teacher(params, corpus_dir, labels_dir, progress=progress)
@@ -414,4 +461,5 @@ def run_label(
         stop=stop,
         device=params.device,
         progress=progress,
+        allow_single_code=allow_single_code,
     )

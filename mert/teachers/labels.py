@@ -15,9 +15,11 @@ labelled once, and a changed file or teacher gets new labels. The ``.npy`` is wr
 its ``.json`` record last (both atomically): a clip is labelled iff its record exists, so a killed
 run leaves no half-labelled clip and the next run resumes with the clips that have no record.
 
-:meth:`LabelStore.load` checks the record against the clip (hash, length, rate, teacher) and the
-array against the record (dtype, shape, frame count) and raises :class:`LabelError` on any
-mismatch: mismatched labels are never returned.
+:meth:`LabelStore.load` checks the record against the clip (hash, length, rate, teacher), the
+array against the record (dtype, shape, frame count) and its codes against the codebook sizes
+(every code ``< codebook_limits[k]``), and raises :class:`LabelError` naming the file on any
+mismatch: mismatched or out-of-range labels are never returned (an out-of-range code would reach
+``cross_entropy`` as an opaque device assert).
 """
 
 from __future__ import annotations
@@ -38,10 +40,18 @@ log = logging.getLogger(__name__)
 TEACHER_FILE = "teacher.json"
 USAGE_FILE = "usage.json"
 CLIP_DIR = "clips"
+DEFAULT_CODEBOOK_SIZE = 1024
+"""Codebook size of a store whose teacher identity names none (EnCodec's, the student's default head)."""
 
 
 class LabelError(RuntimeError):
     """Labels are missing for a clip or do not match it."""
+
+
+class UntrainableLabels(LabelError):
+    """A label store that cannot teach (a codebook that uses a single code): refused by ``mert label`` and
+    ``mert pretrain`` unless accepted with ``mert label --allow-single-code``.
+    """
 
 
 class LabelStore:
@@ -63,6 +73,22 @@ class LabelStore:
             raise LabelError(f"{self.root} is not a label store (no {TEACHER_FILE})")
         self.identity: dict[str, Any] = json.loads(path.read_text())
         self.n_codebooks = int(self.identity["config"]["n_codebooks"])
+        self._in_range: set[Path] = set()  # label files whose codes were checked against codebook_limits
+
+    @property
+    def codebook_size(self) -> int:
+        """C of the student's heads: the teacher's ``codebook_size``, else its largest ``n_clusters`` (k-means)."""
+        cfg = self.identity.get("config", {})
+        clusters = cfg.get("n_clusters")
+        return int(cfg.get("codebook_size") or (max(clusters) if clusters else DEFAULT_CODEBOOK_SIZE))
+
+    @property
+    def codebook_limits(self) -> list[int]:
+        """Per codebook, the number of valid codes (k-means teachers may have a different count per codebook)."""
+        clusters = self.identity.get("config", {}).get("n_clusters")
+        if clusters and len(clusters) == self.n_codebooks:
+            return [int(c) for c in clusters]
+        return [self.codebook_size] * self.n_codebooks
 
     @classmethod
     def create(cls, labels_dir: str | Path, key: str, identity: dict[str, Any]) -> LabelStore:
@@ -145,7 +171,21 @@ class LabelStore:
                 f"labels {stem}.npy of clip {clip.id}: {codes.dtype} {codes.shape}, expected uint16 {expected} "
                 f"(clip of {clip.length} samples)"
             )
+        if stem not in self._in_range:
+            self._check_range(stem.with_suffix(".npy"), clip, codes)
+            self._in_range.add(stem)
         return codes
+
+    def _check_range(self, path: Path, clip: Clip, codes: np.ndarray) -> None:
+        """Every code of codebook k below ``codebook_limits[k]``, else :class:`LabelError` naming the file."""
+        if not codes.size:
+            return
+        top = codes.max(axis=1)  # (K,)
+        bad = [(k, int(t), c) for k, (t, c) in enumerate(zip(top, self.codebook_limits)) if t >= c]
+        if bad:
+            what = ", ".join(f"codebook {k} has code {t} >= its size {c}" for k, t, c in bad)
+            raise LabelError(f"labels {path} of clip {clip.id} ({clip.source}): {what}; a student cannot be trained on "
+                             f"codes outside [0, size) (teacher {self.key})")  # fmt: skip
 
     def crop(self, clip: Clip, start: int, length: int, sample_rate: int | None = None) -> np.ndarray:
         """Labels of the crop ``[start, start + length)`` (start a multiple of 320): (K, student_frames(length))."""
@@ -179,8 +219,22 @@ class LabelStore:
             out["codebooks"] = {str(u.codebook): u.as_dict() for u in code_usage(arrays, codebook_size)}
         return out
 
-    def write_usage(self, clips: list[Clip], codebook_size: int) -> dict[str, Any]:
-        """:meth:`usage`, also written atomically to ``usage.json`` in the store."""
-        usage = self.usage(clips, codebook_size)
+    def write_usage(self, clips: list[Clip], codebook_size: int, single_code_allowed: bool = False) -> dict[str, Any]:
+        """:meth:`usage`, also written atomically to ``usage.json`` in the store.
+
+        Args:
+            clips: the corpus clips.
+            codebook_size: C.
+            single_code_allowed: recorded as ``single_code_allowed``: the store was accepted although a codebook
+                uses a single code (``mert label --allow-single-code``); ``mert pretrain`` then trains on it.
+        """
+        usage = self.usage(clips, codebook_size) | {"single_code_allowed": bool(single_code_allowed)}
         atomic_write_json(self.root / USAGE_FILE, usage)
         return usage
+
+    def read_usage(self) -> dict[str, Any] | None:
+        """The store's ``usage.json`` (None if absent or unreadable)."""
+        try:
+            return json.loads((self.root / USAGE_FILE).read_text())
+        except (OSError, ValueError):
+            return None

@@ -5,11 +5,17 @@ student's frames (``mert.teachers.base.crop_slice``). :func:`open_labels` opens 
 ``mert label`` (``mert.teachers.labels.LabelStore``); :class:`HashLabels` (deterministic pseudo-random codes
 keyed by clip id, not learnable) and :class:`TeacherLabels` (a teacher run in memory over the corpus) serve
 tests and offline demos when no store exists.
+
+A store that cannot teach is refused when it is opened, before any training (:func:`check_store`): a codebook
+that uses a single code over the corpus (``UntrainableLabels``, unless ``mert label --allow-single-code``
+accepted the store), and codes outside ``[0, codebook size)`` (``LabelError`` naming the file, also checked on
+every clip's first load).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +24,8 @@ import numpy as np
 from mert.data.shards import Clip, Corpus
 from mert.teachers.base import crop_slice, student_frames
 from mert.utils.io import sha256_json
+
+log = logging.getLogger(__name__)
 
 
 class LabelSource(Protocol):
@@ -111,17 +119,64 @@ def _open_store(path: Path, corpus: Corpus) -> LabelSource:
 
 
 class StoreLabels:
-    """Adapter over ``mert.teachers.labels.LabelStore`` (``LABELS_DIR`` or ``LABELS_DIR/<teacher key>``)."""
+    """Adapter over ``mert.teachers.labels.LabelStore`` (``LABELS_DIR`` or ``LABELS_DIR/<teacher key>``).
 
-    def __init__(self, store, corpus: Corpus):
+    Raises:
+        UntrainableLabels: see :func:`check_store` (``check=False`` skips it, for inspection tools).
+        LabelError: a label file with codes outside the codebook, or that does not match its clip.
+    """
+
+    def __init__(self, store, corpus: Corpus, check: bool = True):
         self._store, self._rate = store, corpus.sample_rate
-        cfg = store.identity.get("config", {})
         self.n_codebooks = store.n_codebooks
-        clusters = cfg.get("n_clusters")
-        self.codebook_size = int(cfg.get("codebook_size") or (max(clusters) if clusters else 1024))
+        self.codebook_size = store.codebook_size
+        self.usage = check_store(store, corpus) if check else None
 
     def crop(self, clip: Clip, start: int, length: int) -> np.ndarray:
         return self._store.crop(clip, start, length, self._rate)
 
     def identity(self) -> dict[str, Any]:
         return dict(self._store.identity)
+
+
+def check_store(store, corpus: Corpus) -> dict[str, Any]:
+    """Refuse a label store that cannot teach; return its code usage over the corpus's labelled clips.
+
+    The usage comes from the store's ``usage.json`` (written by ``mert label``) when it counts exactly the clips
+    of ``corpus`` labelled in the store (one stat per clip) and the store's codebook size; otherwise it is
+    recomputed here by loading every labelled clip, which also checks every code against the codebook size.
+
+    Args:
+        store: the ``LabelStore``.
+        corpus: the corpus the trainer will read.
+
+    Returns:
+        The ``LabelStore.usage`` dict.
+
+    Raises:
+        UntrainableLabels: a codebook uses a single code and ``mert label --allow-single-code`` did not accept
+            the store (accepted: a loud warning instead).
+        LabelError: (recomputed usage) a label file with codes outside ``[0, size)`` or not matching its clip.
+    """
+    from mert.teachers.label_run import check_code_usage
+
+    saved = store.read_usage() or {}
+    labelled = {(c.sha256, c.length): c for c in corpus.clips if store.has(c)}
+    fresh = saved.get("clips") == len(labelled) and saved.get("codebook_size") == store.codebook_size
+    usage = saved if fresh and saved.get("codebooks") else _recount(store, list(labelled.values()))
+    check_code_usage(usage, bool(saved.get("single_code_allowed")), "mert pretrain")
+    return usage
+
+
+def _recount(store, clips: list[Clip]) -> dict[str, Any]:
+    """``LabelStore.usage`` over ``clips``, but every load error (out-of-range codes included) is raised."""
+    from mert.teachers.usage import code_histograms, usage_from_histograms
+
+    log.info("label store %s: counting the codes of %d clips (no current usage.json)", store.key, len(clips))
+    out: dict[str, Any] = {"teacher": store.key, "clips": len(clips), "codebook_size": store.codebook_size}
+    out["frames"] = 0
+    if clips:
+        hist = code_histograms((store.load(c) for c in clips), store.codebook_size)  # (K, C); one clip at a time
+        out["frames"] = int(hist[0].sum())
+        out["codebooks"] = {str(u.codebook): u.as_dict() for u in usage_from_histograms(hist)}
+    return out

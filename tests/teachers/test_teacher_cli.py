@@ -10,7 +10,7 @@ from mert.data import shards as S
 from mert.teachers.base import student_frames
 from mert.teachers.commands import print_summary
 from mert.teachers.label_run import label_corpus
-from mert.teachers.labels import USAGE_FILE, LabelStore
+from mert.teachers.labels import USAGE_FILE, LabelStore, UntrainableLabels
 from mert.teachers.melrvq import MODEL_FILE
 from mert.train.distributed import DistInfo
 from mert.train.labels import open_labels
@@ -108,15 +108,25 @@ class ConstTeacher(EnergyTeacher):
         return codes
 
 
-def test_single_code_codebook_is_warned_about(tmp_path, capsys, caplog):
+def test_single_code_codebook_is_refused_unless_allowed(tmp_path, capsys, caplog):
     make_corpus(tmp_path / "c", [1.0, 1.5])
-    s = label_corpus(tmp_path / "c", tmp_path / "l", ConstTeacher(), device="cpu", progress=False)
+    with pytest.raises(UntrainableLabels) as e:
+        label_corpus(tmp_path / "c", tmp_path / "l", ConstTeacher(), device="cpu", progress=False)
+    msg = str(e.value)
+    assert "mert label refuses label store const-test" in msg and "codebook 1 of const-test" in msg
+    assert "code 5 on all" in msg and "1 of 64 codes used" in msg and "--allow-single-code" in msg
+    assert "codebook 0 of" not in msg
+    s = e.value.summary  # the labels are written (cached): accepting the store relabels nothing
     assert s.usage["codebooks"]["1"]["distinct"] == 1 and s.usage["codebooks"]["1"]["top_share"] == 1.0
-    assert s.usage["codebooks"]["0"]["distinct"] > 1
-    assert "codebook 1 of const-test" in caplog.text and "single code" in caplog.text
+    assert s.usage["codebooks"]["0"]["distinct"] > 1 and not s.usage["single_code_allowed"]
+    t = ConstTeacher()
+    s = label_corpus(tmp_path / "c", tmp_path / "l", t, device="cpu", progress=False, allow_single_code=True)
+    assert t.calls == 0 and s.usage["single_code_allowed"]
+    assert "ACCEPTED WITH --ALLOW-SINGLE-CODE" in caplog.text and "codebook 1 of const-test" in caplog.text
     print_summary(s)
-    out = capsys.readouterr().out
-    assert "WARNING" in out and "codebook 1 of const-test" in out and "codebook 0 of" not in out
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "WARNING (accepted with --allow-single-code): codebook 1 of const-test" in out
+    assert "codebook 0 of" not in out
 
 
 def test_teacher_fit_cli_then_label_with_the_fitted_model(corpus_dir, tmp_path, capsys, monkeypatch):
