@@ -466,11 +466,16 @@ class _in_run:
 
 
 def register_candidate(model_uri: str, name: str, tags: Mapping[str, Any], alias: str = "candidate") -> str:
-    """Register ``model_uri`` as a new version of ``name``, tag it, and point ``alias`` at it; returns the version."""
+    """Register ``model_uri`` as a new version of ``name``, tag it, point ``alias`` at it and write its model card
+    (:mod:`mert.model_card`); returns the version.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     client = MlflowClient()
     client.set_registered_model_alias(name, alias, mv.version)
+    from mert.model_card import try_write_model_card
+
+    try_write_model_card(client, name, mv.version)  # the version's description; rewritten when probed
     return str(mv.version)

@@ -61,10 +61,13 @@ def score_tags(report: dict[str, Any]) -> dict[str, str]:
 
 
 def tag_model_version(client: Any, uri: str, report: dict[str, Any]) -> tuple[str, str]:
-    """Write the probe scores of ``report`` as tags of the version ``uri`` points to."""
+    """Write the probe scores of ``report`` as tags of the version ``uri`` points to, and rewrite its model card."""
     name, version = resolve_version(client, uri)
     for key, value in score_tags(report).items():
         client.set_model_version_tag(name, version, key, value)
+    from mert.model_card import try_write_model_card
+
+    try_write_model_card(client, name, version)  # the card's probe table now includes this task
     return name, version
 
 
