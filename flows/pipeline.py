@@ -55,11 +55,16 @@ def label_task(corpus: str, labels: str, params, shard_index: int, num_shards: i
                         progress=False).as_dict()  # fmt: skip
 
 
-@task(name="pretrain", retries=1, retry_delay_seconds=10)  # a retry resumes from the newest checkpoint
+@task(name="pretrain", retries=1, retry_delay_seconds=10)
 def pretrain_task(corpus: str, labels: str, out: str, params, nproc_per_node: int, params_file: str,
                   max_steps: int | None) -> dict:  # fmt: skip
+    """Train ``out``'s run: resumed if it is the same run (a retry resumes from the newest checkpoint).
+
+    A fresh run if the corpus, labels, recipe or code changed (the old one moves to ``OUT.superseded/``); nothing
+    to do if it is finished.
+    """
     return stages.pretrain(corpus, labels, out, params, nproc_per_node=nproc_per_node, params_file=params_file,
-                           max_steps=max_steps)  # fmt: skip
+                           max_steps=max_steps, on_change="fresh")  # fmt: skip
 
 
 @task(name="probe", retries=1)

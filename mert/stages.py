@@ -43,8 +43,11 @@ def pretrain(corpus: str | Path, labels: str | Path, out: str | Path, params=Non
              params_file: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:  # fmt: skip
     """Pretrain (or resume) on ``corpus`` + ``labels`` into ``out``; returns the run's result dict.
 
-    With ``nproc_per_node > 1`` the same entry point is launched under ``torchrun`` (DDP/FSDP as the
-    profile says, ``params_file`` passed on) and the result is read from ``out/result.json`` written by rank 0.
+    ``kwargs`` go to :func:`mert.train.api.pretrain` (``max_steps``, ``device``, ``run_id``, ``init_from``,
+    ``on_change``: the pipelines pass ``"fresh"`` so that a changed corpus, labels, recipe or code retrains,
+    ``allow_code_change``). With ``nproc_per_node > 1`` the same entry point is launched under ``torchrun``
+    (DDP/FSDP as the profile says, ``params_file`` passed on) and the result is read from ``out/result.json``
+    written by rank 0.
     """
     from mert.train.api import RESULT_FILE
     from mert.train.api import pretrain as _pretrain
@@ -57,9 +60,11 @@ def pretrain(corpus: str | Path, labels: str | Path, out: str | Path, params=Non
         cmd += ["--params", str(params_file)]
     if params is not None:
         cmd += ["--profile", params.profile]
-    for flag in ("max_steps", "device", "run_id"):
+    for flag in ("max_steps", "device", "run_id", "init_from", "on_change"):
         if kwargs.get(flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(kwargs[flag])]
+    if kwargs.get("allow_code_change"):
+        cmd += ["--allow-code-change"]
     subprocess.run(cmd, check=True, env={**os.environ})
     return json.loads((Path(out) / RESULT_FILE).read_text())
 

@@ -350,8 +350,16 @@ def git_commit(cwd: str | Path = ".") -> str:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def dvc_out_hash(path: str | Path, lock: str | Path = "dvc.lock") -> str | None:
-    """The md5 that ``dvc.lock`` records for the stage output ``path`` (None if not tracked there)."""
+def dvc_out_hash(path: str | Path, lock: str | Path = "dvc.lock", verify: bool = False) -> str | None:
+    """The md5 that ``dvc.lock`` records for the stage output ``path`` (None if not tracked there).
+
+    Args:
+        path: a stage output (file or directory).
+        lock: the lock file.
+        verify: return it only if the lock's ``nfiles`` and ``size`` for it still match ``path`` on disk, so a
+            lock left stale by a manual run (e.g. ``mert ingest`` outside ``dvc repro``) is not reported as the
+            data's hash. A cheap check (no content hashing): a change that keeps both counts slips through.
+    """
     import yaml
 
     lock = Path(lock)
@@ -361,8 +369,19 @@ def dvc_out_hash(path: str | Path, lock: str | Path = "dvc.lock") -> str | None:
     for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
         for out in stage.get("outs", []) or []:
             if os.path.normpath(out.get("path", "")) == target:
+                if verify and not _matches_lock(Path(path), out):
+                    log.info("dvc.lock's entry for %s does not match the directory now: its DVC hash is not recorded",
+                             path)  # fmt: skip
+                    return None
                 return out.get("md5") or out.get("hash")
     return None
+
+
+def _matches_lock(path: Path, out: Mapping[str, Any]) -> bool:
+    if path.is_file():
+        return out.get("size") == path.stat().st_size
+    files = [f for f in path.rglob("*") if f.is_file()]
+    return out.get("nfiles") == len(files) and out.get("size") == sum(f.stat().st_size for f in files)
 
 
 # ---------------------------------------------------------------------------------------------- model registry

@@ -1,23 +1,32 @@
 """``pretrain(corpus, labels, out, params)``: the pretraining stage as one plain function (CLI, DVC, Prefect).
 
-Rerunning the same call continues from the newest checkpoint in ``out`` (and the same MLflow run). At the end
-rank 0 exports the encoder in the released HF layout, logs it as an MLflow pyfunc model and registers a new
-version of the profile's model name with alias ``candidate``.
+A run directory holds one run, bound to what defines it (:mod:`mert.train.identity`, recorded in ``run.json``).
+Calling again with the same identity continues from the newest checkpoint in ``out`` (and the same MLflow run), or
+does nothing when the run is finished; a different ``max_steps`` extends (or shortens) the run with the decay
+re-planned. A different identity (corpus, labels, recipe, code, ``init_from``) is never resumed and never
+"already finished": ``on_change="refuse"`` (the CLI's default) raises :class:`RunIdentityError` saying what
+differs, ``on_change="fresh"`` (the DVC stage and the Prefect flow) moves the old run to ``OUT.superseded/`` and
+trains a new one. At the end rank 0 exports the encoder in the released HF layout, logs it as an MLflow pyfunc
+model and registers a new version of the profile's model name with alias ``candidate``, tagged with the run's
+recorded lineage.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from mert.train.identity import RunIdentityError
 from mert.train.params import PretrainParams
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 TRACKING_FILE = "tracking.json"
+__all__ = ["RESULT_FILE", "RunIdentityError", "pretrain"]
 
 
 def pretrain(
@@ -29,42 +38,65 @@ def pretrain(
     max_steps: int | None = None,
     device: str | None = None,
     run_id: str | None = None,
+    init_from: str | None = None,
+    on_change: Literal["refuse", "fresh"] = "refuse",
+    allow_code_change: bool = False,
 ) -> dict[str, Any]:
-    """Pretrain (or resume) a MERT encoder on an ingested corpus with teacher labels.
+    """Pretrain (or resume, or extend) a MERT encoder on an ingested corpus with teacher labels.
 
     Args:
         corpus: corpus directory (``mert ingest``).
         labels: label store directory (``mert label``); ``teacher:random`` / ``hash:K:C`` for offline tests.
-        out: run directory: ``checkpoints/``, ``export/`` (HF layout), ``metrics.jsonl``, ``result.json``.
+        out: run directory: ``run.json``, ``checkpoints/``, ``export/`` (HF layout), ``metrics.jsonl``,
+            ``result.json``.
         params: the ``pretrain`` section (default: its defaults, i.e. ``mert-tiny``).
-        max_steps: override of the profile's ``max_steps``.
+        max_steps: override of the profile's ``max_steps`` (on an existing run: extend it, decay re-planned).
         device: ``cpu`` / ``cuda`` (default: CUDA when available).
         run_id: log into this existing MLflow run (e.g. a Prefect flow's).
+        init_from: override of the profile's ``init_from``: a released-layout checkpoint whose encoder starts the
+            run (:mod:`mert.train.init_from`).
+        on_change: what to do when ``out`` holds a run of another identity: ``refuse`` (raise) or ``fresh`` (move
+            it to ``OUT.superseded/<identity>-<time>/`` and start a new run).
+        allow_code_change: continue a run whose only difference is the training code (recorded in its lineage).
 
     Returns:
         ``{"checkpoint", "export", "run_id", "registered_model", "registered_version", "step", "val"}``.
+
+    Raises:
+        RunIdentityError: ``out`` holds another run and ``on_change`` is ``refuse`` (the message says what differs
+            and what to do).
     """
     from mert.data.shards import Corpus
-    from mert.train.distributed import close_distributed, init_distributed
+    from mert.train.distributed import broadcast_object, close_distributed, init_distributed
     from mert.train.labels import open_labels
     from mert.train.trainer import Trainer
 
+    if on_change not in ("refuse", "fresh"):
+        raise ValueError(f"on_change must be 'refuse' or 'fresh', got {on_change!r}")
     params = params or PretrainParams()
-    profile = params.resolve(max_steps=max_steps)
+    profile = params.resolve(max_steps=max_steps, init_from=init_from)
     out = Path(out)
-    done = _finished(out, profile.max_steps)
-    if done is not None:
-        log.info("%s already finished %d steps: nothing to do", out, profile.max_steps)
-        return done
     info = init_distributed(device)
     try:
         corpus_ = Corpus(corpus)
         labels_ = open_labels(labels, corpus_)
-        logger = _open_logger(params, corpus_, labels_, out, info, run_id)
-        trainer = Trainer(profile, corpus_, labels_, out, info, logger)
+        entry = _on_rank0(info, lambda: _enter(out, params, profile, corpus_, labels, labels_, on_change,
+                                               allow_code_change))  # fmt: skip
+        if entry.done is not None:
+            log.info("%s already finished %d steps of this run: nothing to do", out, profile.max_steps)
+            return entry.done
+        init_state = _parent_state(profile, labels_) if entry.fresh and profile.init_from else None
+        if init_state is not None and info.is_main:
+            from mert.train.init_from import parent_record
+
+            entry.record["lineage"]["parent"] = parent_record(profile.init_from, init_state)
+        _on_rank0(info, lambda: _commit(out, entry))
+        record = broadcast_object(entry.record if info.is_main else None, info)
+        logger = _open_logger(params, record, out, info, run_id)
+        trainer = Trainer(profile, corpus_, labels_, out, info, logger, init_state=init_state)
         try:
             res = trainer.setup().fit()
-            res.update(_register(params, logger, res, info, corpus_, labels_))
+            res.update(_register(params, logger, res, info, record))
         except BaseException:
             trainer.close(status="FAILED")
             raise
@@ -74,8 +106,113 @@ def pretrain(
         close_distributed()
 
 
+def _on_rank0(info, fn):
+    """Run ``fn`` on rank 0 only; its result (or its error) reaches every rank."""
+    from mert.train.distributed import broadcast_object
+
+    value, error = None, None
+    if info.is_main:
+        try:
+            value = fn()
+        except Exception as e:
+            error = e
+    msg = broadcast_object(None if error is None else (type(error).__name__, str(error)), info)
+    if error is not None:
+        raise error
+    if msg is not None:
+        cls = RunIdentityError if msg[0] == "RunIdentityError" else RuntimeError
+        raise cls(msg[1] if cls is RunIdentityError else f"rank 0: {msg[0]}: {msg[1]}")
+    return broadcast_object(value, info)
+
+
+@dataclass
+class Entry:
+    """What re-entering ``out`` means: ``done`` (the stored result) or train (``fresh`` or resumed) with ``record``."""
+
+    done: dict[str, Any] | None = None
+    fresh: bool = False
+    record: dict[str, Any] = field(default_factory=dict)
+    clips: list[str] | None = None
+
+
+def _enter(out: Path, params: PretrainParams, profile, corpus, labels_arg, labels, on_change: str,
+           allow_code_change: bool) -> Entry:  # fmt: skip
+    """Compare the run recorded in ``out`` with the one asked for; decide (and, for ``fresh``, move the old run)."""
+    from mert.tracking import git_commit
+    from mert.train import identity as idn
+    from mert.train.checkpoint import list_checkpoints
+    from mert.train.trainer import build_configs
+
+    current = idn.current_identity(profile, corpus, labels, *build_configs(profile, labels))
+    clips = [c.id for c in corpus.clips]
+    record = idn.read_record(out)
+    ckpts = list_checkpoints(out / "checkpoints")
+    reached = ckpts[-1][0] if ckpts else 0
+    git = git_commit(Path(__file__).resolve().parent)  # the code that trains, whatever the cwd
+    if record is None and (ckpts or (out / RESULT_FILE).exists()):
+        why = "recorded no identity (trained before runs recorded one), so it cannot be checked against the request"
+        diffs = [idn.Difference("unrecorded", f"{out} holds a run that {why}")]
+    elif record is None:
+        diffs = []
+    else:
+        diffs = idn.differences(record, current, idn.read_clips(out), clips)
+        if diffs and allow_code_change and all(d.section == "code" for d in diffs):
+            idn.accept_code(record, current, reached, git)
+            log.warning("%s: continuing at step %d with changed code (--allow-code-change): %s", out, reached,
+                        diffs[0].message)  # fmt: skip
+            diffs = []
+        if not diffs and reached > profile.max_steps:
+            diffs = [idn.Difference("max_steps", f"max_steps {profile.max_steps} is below the step this run has "
+                                    f"reached ({reached}): a shorter run is a different run")]  # fmt: skip
+    if diffs and on_change == "refuse":
+        raise RunIdentityError(idn.refusal(out, diffs, record))
+    if diffs:
+        moved = idn.supersede(out, record)
+        log.warning("%s: starting a fresh run; the previous one moved to %s because:\n%s", out, moved,
+                    "\n".join(f"  - {d.message}" for d in diffs))  # fmt: skip
+        record = None
+    if record is None:
+        lineage = {
+            "git_commit": git,
+            "corpus_path": str(corpus.root),
+            "labels_path": str(labels_arg),
+            "profile": params.profile,
+            "parent": None,
+        }
+        dvc = _corpus_dvc_md5(corpus.root)
+        if dvc:
+            lineage["corpus_dvc_md5"] = dvc
+        return Entry(fresh=True, record=idn.new_record(current, profile.max_steps, lineage), clips=clips)
+    if idn.replan(record, reached, profile.max_steps):
+        log.info("%s: max_steps now %d from step %d (the LR decay is re-planned to end there)", out,
+                 profile.max_steps, reached)  # fmt: skip
+    done = _finished(out, profile.max_steps)
+    return Entry(done=done, record=record)
+
+
+def _commit(out: Path, entry: Entry) -> None:
+    from mert.train.identity import write_record
+
+    write_record(out, entry.record, entry.clips)
+
+
+def _parent_state(profile, labels) -> dict[str, Any]:
+    """Every rank reads the parent's encoder (checked against the profile's architecture) for a fresh run."""
+    from mert.train.init_from import load_for
+    from mert.train.trainer import build_configs
+
+    return load_for(profile.init_from, build_configs(profile, labels)[0], profile.model)
+
+
+def _corpus_dvc_md5(root: Path) -> str | None:
+    """The corpus's md5 from ``dvc.lock``, only if the lock's file count and size match the directory now."""
+    from mert.tracking import dvc_out_hash
+
+    return dvc_out_hash(root, verify=True)
+
+
 def _finished(out: Path, max_steps: int) -> dict[str, Any] | None:
-    """The stored result if ``out`` already holds a finished run of ``max_steps`` steps (rerun = no-op)."""
+    """The stored result if ``out`` already holds this run finished at ``max_steps`` steps (rerun = no-op)."""
     from mert.train.checkpoint import list_checkpoints
 
     path = out / RESULT_FILE
@@ -86,34 +223,21 @@ def _finished(out: Path, max_steps: int) -> dict[str, Any] | None:
     return res if res.get("step") == max_steps and ckpts and ckpts[-1][0] == max_steps else None
 
 
-def run_tags(params: PretrainParams, corpus, labels) -> dict[str, str]:
-    """Lineage tags: git commit, corpus manifest hash (+ DVC hash), teacher identity, profile."""
-    from mert.tracking import dvc_out_hash, git_commit
-    from mert.utils.io import sha256_file
+def run_tags(record: dict[str, Any]) -> dict[str, str]:
+    """Lineage tags of the run and its registered versions, from its record (``identity.lineage_tags``)."""
+    from mert.train.identity import lineage_tags
 
-    ident = labels.identity()
-    tags = {
-        "git_commit": git_commit(Path(__file__).resolve().parent),  # the code that trained, whatever the cwd
-        "corpus_manifest_sha256": sha256_file(Path(corpus.root) / "manifest.csv"),
-        "corpus_path": str(corpus.root),
-        "teacher": str(ident.get("name", "unknown")),
-        "teacher_hash": str(ident.get("hash", "")),
-        "profile": params.profile,
-    }
-    dvc = dvc_out_hash(corpus.root)
-    if dvc:
-        tags["corpus_dvc_md5"] = dvc
-    return tags
+    return lineage_tags(record)
 
 
-def _open_logger(params: PretrainParams, corpus, labels, out: Path, info, run_id: str | None):
+def _open_logger(params: PretrainParams, record: dict[str, Any], out: Path, info, run_id: str | None):
     """Rank 0's loggers (MLflow, if chosen, is checked here, before any compute); None on other ranks."""
     from mert.train.distributed import broadcast_object
 
     logger, error = None, None
     if info.is_main:
         try:
-            logger = _main_logger(params, corpus, labels, out, run_id)
+            logger = _main_logger(params, record, out, run_id)
         except Exception as e:
             error = e
     msg = broadcast_object(None if error is None else str(error), info)
@@ -124,7 +248,7 @@ def _open_logger(params: PretrainParams, corpus, labels, out: Path, info, run_id
     return logger
 
 
-def _main_logger(params: PretrainParams, corpus, labels, out: Path, run_id: str | None):
+def _main_logger(params: PretrainParams, record: dict[str, Any], out: Path, run_id: str | None):
     from mert.tracking import DiskLogger, MLflowLogger, MultiLogger, StdoutLogger, resolve_tracking_uri
     from mert.utils.io import atomic_write_json
 
@@ -137,21 +261,21 @@ def _main_logger(params: PretrainParams, corpus, labels, out: Path, run_id: str 
         # Resuming: continue the run this directory created, if it lives in the same store.
         own = run_id is None and prev.get("tracking_uri") == resolve_tracking_uri(params.tracking_uri)
         run_id = run_id or (prev["run_id"] if own else None)
-        tags = run_tags(params, corpus, labels)
         ml = MLflowLogger(
             params.tracking_uri,
             params.experiment,
             run_id=run_id,
             run_name=out.name,
-            tags=tags,
             own_run=True if own else None,
         )
         atomic_write_json(saved, {"run_id": ml.run_id, "tracking_uri": ml.uri})
         loggers.insert(0, ml)
-    return MultiLogger(*loggers)
+    logger = MultiLogger(*loggers)
+    logger.set_tags(run_tags(record))  # MLflow run tags / tags.json beside metrics.jsonl
+    return logger
 
 
-def _register(params: PretrainParams, logger, res: dict[str, Any], info, corpus, labels) -> dict[str, Any]:
+def _register(params: PretrainParams, logger, res: dict[str, Any], info, record: dict[str, Any]) -> dict[str, Any]:
     """Log the exported encoder as a pyfunc model and register it (rank 0, MLflow tracker, ``register``)."""
     from mert.tracking import MLflowLogger, log_encoder_model, register_candidate
 
@@ -162,7 +286,7 @@ def _register(params: PretrainParams, logger, res: dict[str, Any], info, corpus,
         return {"run_id": ml.run_id, "registered_model": None, "registered_version": None}
     uri = log_encoder_model(ml, res["export"])
     tags = {
-        **run_tags(params, corpus, labels),
+        **run_tags(record),
         "run_id": ml.run_id,
         "step": res["step"],
         "checkpoint": str(res["checkpoint"]),

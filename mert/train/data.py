@@ -100,6 +100,18 @@ class CropSampler:
         ids = [c.id for c in self.clips]
         return sha256_json([ids, self.seed, self.crop_samples, self.micro, self.slots])
 
+    def stream(self) -> dict[str, Any]:
+        """The fields the stream depends on, by name (stored in checkpoints so a mismatch can be named)."""
+        ids = [c.id for c in self.clips]
+        return {
+            "clips": sha256_json(ids),
+            "n_clips": len(ids),
+            "seed": self.seed,
+            "crop_samples": self.crop_samples,
+            "micro_batch_clips": self.micro,
+            "slots": self.slots,
+        }
+
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
             if len(self._perms) >= 4:  # a step spans at most a few epochs: keep the cache small
@@ -174,12 +186,13 @@ class PretrainLoader:
         return [self.sampler.batch(step, m * self.world + self.rank) for m in range(self.accum)]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"next_step": self.next_step, "fingerprint": self.sampler.fingerprint()}
+        return {"next_step": self.next_step, "fingerprint": self.sampler.fingerprint(), "stream": self.sampler.stream()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at the checkpoint's step; ``RuntimeError`` naming the field if the stream is not the same one."""
         if state["fingerprint"] != self.sampler.fingerprint():
             raise RuntimeError(
-                "the data stream changed since the checkpoint (corpus clips, seed, crop or batch sizes differ): "
+                f"the data stream changed since the checkpoint: {stream_changes(state.get('stream'), self.sampler)}; "
                 "resuming would not continue the same data order"
             )
         self.next_step = int(state["next_step"])
@@ -227,6 +240,29 @@ class PretrainLoader:
             # Join, not just signal: a daemon thread still building tensors at interpreter exit can abort the
             # process ("terminate called without an active exception").
             thread.join(timeout=120)
+
+
+_STREAM_WORDS = {
+    "clips": "training clips (ids, in corpus order)",
+    "n_clips": "number of training clips",
+    "seed": "data seed",
+    "crop_samples": "crop_samples",
+    "micro_batch_clips": "micro_batch_clips",
+    "slots": "micro-batches per step over all ranks (world size x grad accumulation)",
+}
+
+
+def stream_changes(saved: dict[str, Any] | None, sampler: CropSampler) -> str:
+    """``"data seed 1337 -> 7, crop_samples 9600 -> 4800"``: what differs between a checkpoint's stream and now."""
+    if saved is None:  # a checkpoint written before the fields were stored
+        return "its fingerprint differs (clips, seed, crop or batch sizes; the checkpoint predates named fields)"
+    now = sampler.stream()
+    parts = []
+    for k, word in _STREAM_WORDS.items():
+        if saved.get(k) != now[k]:
+            old, new = saved.get(k), now[k]
+            parts.append(f"{word} {old} -> {new}" if k != "clips" else f"{word} sha256 {str(old)[:12]} -> {new[:12]}")
+    return ", ".join(parts) or "its fingerprint differs"
 
 
 def loader_throughput(loader: PretrainLoader, n_steps: int = 20) -> dict[str, float]:

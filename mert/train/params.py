@@ -86,6 +86,10 @@ class Profile:
     raise the "predicting code frequencies only" warning (log + MLflow tag ``collapse.warning``)."""
     collapse_band: float = 0.01
     """Accuracy margin over the majority rate counted as "at the majority rate" by the collapse detector."""
+    init_from: str | None = None
+    """Continued pretraining: the released-layout checkpoint (a directory, or a hub id where
+    ``MERT.from_pretrained`` takes one) whose encoder weights start the run; heads, label embeddings, optimiser and
+    schedule are fresh (:mod:`mert.train.init_from`). None: random init (seeded). CLI: ``--init-from``."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)

@@ -28,7 +28,7 @@ from mert.train.data import Batch, CropSampler, PretrainLoader, holdout_split
 from mert.train.diagnostics import LabelStats, RunDiagnostics
 from mert.train.distributed import DistInfo, all_reduce_mean, unwrap, wrap_model
 from mert.train.labels import LabelSource
-from mert.train.optim import build_optimizer, build_scheduler
+from mert.train.optim import build_optimizer, build_scheduler, lr_factor
 from mert.train.params import Profile
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,24 @@ class MetricWindow:
         return out
 
 
+def build_configs(p: Profile, labels: LabelSource) -> tuple[MERTConfig, PretrainingConfig]:
+    """The encoder config and the objective (heads sized from the labels' K x C, metrics named after their teacher).
+
+    Raises:
+        ValueError: the labels' shape does not fit the objective (e.g. an override fixing K or C).
+    """
+    encoder = MERTConfig.from_name(p.model, **p.model_overrides)
+    teacher = teacher_kind(labels.identity().get("name", ""))
+    K, C = labels.n_codebooks, labels.codebook_size
+    objective = PretrainingConfig.for_labels(p.model, teacher, K, C, **p.objective_overrides)
+    if (K, C) != (objective.n_codebooks, objective.codebook_size):
+        raise ValueError(
+            f"labels have {K} codebooks x {C} codes but the objective {p.model!r} expects "
+            f"{objective.n_codebooks} x {objective.codebook_size}"
+        )
+    return encoder, objective
+
+
 class Trainer:
     """MERT pretraining on one rank.
 
@@ -93,12 +111,22 @@ class Trainer:
         out_dir: run directory (``checkpoints/``, ``export/``, ``metrics.jsonl``).
         info: this process's rank and device.
         logger: rank-0 metric logger (``log_dict/log_config/close``), or None.
+        init_state: the encoder state dict of ``profile.init_from``, already loaded and checked (default: loaded
+            here when a fresh run has ``init_from``); unused when resuming from a checkpoint.
     """
 
     def __init__(
-        self, profile: Profile, corpus: Corpus, labels: LabelSource, out_dir: str | Path, info: DistInfo, logger=None
+        self,
+        profile: Profile,
+        corpus: Corpus,
+        labels: LabelSource,
+        out_dir: str | Path,
+        info: DistInfo,
+        logger=None,
+        init_state: dict[str, torch.Tensor] | None = None,
     ):
         self.p, self.corpus, self.labels, self.info = profile, corpus, labels, info
+        self.init_state = init_state
         self.out = Path(out_dir)
         self.logger = logger if info.is_main else None
         self.step = 0  # iterations done (= data position)
@@ -115,12 +143,13 @@ class Trainer:
     def setup(self) -> Trainer:
         """Build the model, CQT, optimiser, schedule, data; resume from the newest checkpoint if one exists."""
         p, dev = self.p, self.info.device
+        latest = ckpt.latest_checkpoint(self.ckpt_dir)
         torch.manual_seed(p.seed)  # identical init on every rank
-        self.encoder_config = MERTConfig.from_name(p.model, **p.model_overrides)
-        self.objective = self._objective()
-        self._check_labels()
+        self.encoder_config, self.objective = build_configs(p, self.labels)
         self.cqt = _cqt(p.cqt, str(dev))
         self.raw_model = MERTPretrainingModel(self.encoder_config, self.objective).to(dev)
+        if latest is None and p.init_from:
+            self._init_encoder()  # before wrapping: DDP broadcasts / FSDP shards what is loaded here
         self.model = wrap_model(self.raw_model, self.info, p.parallel, find_unused=self.encoder_config.layerdrop > 0)
         if p.compile:
             self.model = torch.compile(self.model)
@@ -145,25 +174,21 @@ class Trainer:
             self.logger,
             self.info.is_main,
         )
-        latest = ckpt.latest_checkpoint(self.ckpt_dir)
         if latest is not None:
             self.load_checkpoint(latest)
         self.diagnostics.on_setup(fresh=latest is None)
         return self
 
-    def _objective(self) -> PretrainingConfig:
-        """The preset's objective with heads sized from the labels (K, C) and metrics named after their teacher."""
-        lab, teacher = self.labels, teacher_kind(self.labels.identity().get("name", ""))
-        K, C, over = lab.n_codebooks, lab.codebook_size, self.p.objective_overrides
-        return PretrainingConfig.for_labels(self.p.model, teacher, K, C, **over)
+    def _init_encoder(self) -> None:
+        """Continued pretraining: the encoder's weights from ``init_from``; heads, optimiser, schedule stay fresh."""
+        from mert.train.init_from import load_for
 
-    def _check_labels(self) -> None:
-        o, lab = self.objective, self.labels
-        if (lab.n_codebooks, lab.codebook_size) != (o.n_codebooks, o.codebook_size):
-            raise ValueError(
-                f"labels have {lab.n_codebooks} codebooks x {lab.codebook_size} codes but the objective "
-                f"{self.p.model!r} expects {o.n_codebooks} x {o.codebook_size}"
-            )
+        state = self.init_state
+        if state is None:
+            state = load_for(self.p.init_from, self.encoder_config, self.p.model)
+        self.raw_model.mert.load_state_dict(state, strict=True)
+        self.init_state = None  # the checkpoints carry the weights from here on
+        log.info("encoder initialised from %s; label heads, optimiser and LR schedule are fresh", self.p.init_from)
 
     # ------------------------------------------------------------------------------------------ the step
     def _forward(self, batch: Batch) -> Any:
@@ -390,6 +415,7 @@ class Trainer:
         state = ckpt.load_checkpoint(path, map_location="cpu")
         self._load_model_and_optim(state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_schedule(state["config"]["profile"].get("max_steps"))
         self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["data"])
         ts = state["train_state"]
@@ -398,6 +424,30 @@ class Trainer:
         self.diagnostics.load_state_dict(ts.get("diagnostics"))
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _apply_schedule(self, saved_max_steps: int | None) -> None:
+        """Set the LR of the next update from the current plan (``lr_factor`` of the step and ``max_steps``).
+
+        For an unchanged plan this is the LR the checkpoint holds; after ``max_steps`` changed it is the re-planned
+        decay (:mod:`mert.train.optim`), and the jump is logged.
+        """
+        step = self.scheduler.last_epoch
+        old = self.optimizer.param_groups[0]["lr"]
+        lrs = [base * lr_factor(step, self.p) for base in self.scheduler.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.scheduler._last_lr = lrs  # what get_last_lr() reports
+        if saved_max_steps is not None and saved_max_steps != self.p.max_steps:
+            log.info(
+                "max_steps %d -> %d at step %d: LR schedule re-planned (warmup unchanged, decay now ends at step "
+                "%d); the next update's LR %.3g -> %.3g",
+                saved_max_steps,
+                self.p.max_steps,
+                step,
+                self.p.max_steps,
+                old,
+                lrs[0],
+            )
 
     def export(self) -> Path | None:
         """The encoder in the released HF layout (``MERT.save_pretrained``) under ``OUT/export`` (rank 0)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 from pathlib import Path
 
 import pytest
 
+from mert.train.identity import code_identity as _real_code_identity
 from mert.train.params import PROFILES, Profile
 
 # A profile small enough for CPU tests: 0.4 s crops, 2 clips, dropout/layerdrop on, short mixture segments.
@@ -53,3 +55,21 @@ def mlflow_uri(mlflow_template: Path, tmp_path: Path) -> str:
     db.parent.mkdir()
     shutil.copy(mlflow_template, db)
     return f"sqlite:///{db}"
+
+
+@functools.lru_cache(maxsize=1)
+def _session_code_identity() -> dict:
+    return _real_code_identity()
+
+
+@pytest.fixture(autouse=True)
+def _stable_code_identity(monkeypatch):
+    """The training code's identity as it was when the session first read it.
+
+    A run's code is part of its identity (:mod:`mert.train.identity`); in a working tree that others edit while the
+    suite runs, a test that trains and then re-enters its run would otherwise see "code changed" at random. The tests
+    of that check patch ``code_identity`` themselves; subprocess tests read the real tree.
+    """
+    from mert.train import identity
+
+    monkeypatch.setattr(identity, "code_identity", lambda root=None: _session_code_identity())

@@ -115,3 +115,18 @@ def test_holdout_split_is_disjoint_seeded_and_off_by_default(corpus):
     assert sampler(corpus, clips=all_train).fingerprint() == sampler(corpus).fingerprint()
     with pytest.raises(ValueError, match="hold out"):
         holdout_split(corpus.clips, len(corpus.clips), 24000, seed=3)
+
+
+def test_data_stream_change_names_the_field(corpus):
+    state = PretrainLoader(sampler(corpus)).state_dict()
+    with pytest.raises(RuntimeError, match=r"data stream changed since the checkpoint: data seed 3 -> 9;"):
+        PretrainLoader(sampler(corpus, seed=9)).load_state_dict(state)
+    with pytest.raises(RuntimeError, match=r"crop_samples 9600 -> 6400;"):
+        PretrainLoader(sampler(corpus, crop_samples=6400)).load_state_dict(state)
+    fewer = sampler(corpus, clips=corpus.clips[1:])
+    with pytest.raises(RuntimeError, match=r"training clips \(ids, in corpus order\) sha256 \w{12} -> \w{12}, number "
+                       r"of training clips (\d+) -> (\d+);"):  # fmt: skip
+        PretrainLoader(fewer).load_state_dict(state)
+    legacy = {k: v for k, v in state.items() if k != "stream"}  # a checkpoint from before the named fields
+    with pytest.raises(RuntimeError, match="predates named fields"):
+        PretrainLoader(sampler(corpus, seed=9)).load_state_dict(legacy)
