@@ -148,8 +148,8 @@ model = MERT.from_pretrained(f"{{path}}/{encoder_path}")  # the released HF layo
 out = model(input_values=wav, output_hidden_states=True)  # out.hidden_states: layers + 1 x (B, T, D)
 ```
 
-The same directory loads into `transformers.HubertModel`; `mert probe --model {uri}` and `mert extract` take it
-too."""
+The downloaded `{encoder_path}` directory also loads into `transformers.HubertModel` and `mert extract -m`;
+`mert probe --model {uri}` reads the version straight from the registry."""
 
 
 def card_markdown(name: str, version: str, tags: Mapping[str, str], metrics: Mapping[str, float],

@@ -335,12 +335,30 @@ def single_code_codebooks(usage: dict) -> list[str]:
     return [k for k, u in usage.get("codebooks", {}).items() if u["distinct"] == 1]
 
 
-def single_code_warning(usage: dict, k: str) -> str:
-    u = usage["codebooks"][k]
+def _single_code_usage(u: dict) -> str:
     return (
-        f"codebook {k} of {usage['teacher']} uses a single code (code {u['top_code']} on all {u['frames']} "
-        f"frames: {u['distinct']} of {u['codebook_size']} codes used, entropy {abs(u['entropy_bits']):.2f} bits, top "
-        f"share {u['top_share']:.3f}): it carries no information for the student"
+        f"code {u['top_code']} on all {u['frames']} frames: {u['distinct']} of {u['codebook_size']} codes used, "
+        f"entropy {abs(u['entropy_bits']):.2f} bits, top share {u['top_share']:.3f}"
+    )
+
+
+def single_code_warning(usage: dict, k: str) -> str:
+    return (
+        f"codebook {k} of {usage['teacher']} uses a single code ({_single_code_usage(usage['codebooks'][k])}): "
+        "it carries no information for the student"
+    )
+
+
+def single_code_summary(usage: dict, keys: list[str]) -> str:
+    """``codebook 1 uses a single code (...)``, codebooks with the same usage grouped (``codebooks 0, 1 each ...``)."""
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        groups.setdefault(_single_code_usage(usage["codebooks"][k]), []).append(k)
+    return "; ".join(
+        f"codebook {ks[0]} uses a single code ({what})"
+        if len(ks) == 1
+        else f"codebooks {', '.join(ks)} each use a single code ({what})"
+        for what, ks in groups.items()
     )
 
 
@@ -362,14 +380,15 @@ def check_code_usage(usage: dict, allowed: bool, who: str) -> None:
     single = single_code_codebooks(usage)
     if not single:
         return
-    lines = "; ".join(single_code_warning(usage, k) for k in single)
+    lines = single_code_summary(usage, single)
     if allowed:
-        log.warning("ACCEPTED WITH %s, THE STUDENT WILL LEARN NOTHING FROM %s: %s", ALLOW_FLAG.upper(),
-                    "THESE CODEBOOKS" if len(single) > 1 else "THIS CODEBOOK", lines)  # fmt: skip
+        log.warning("label store %s ACCEPTED WITH %s, THE STUDENT WILL LEARN NOTHING FROM %s: %s", usage.get("teacher"),
+                    ALLOW_FLAG.upper(), "THESE CODEBOOKS" if len(single) > 1 else "THIS CODEBOOK", lines)  # fmt: skip
         return
     raise UntrainableLabels(
-        f"{who} refuses label store {usage.get('teacher')}: {lines}. A student that always predicts that code "
-        "is always right, so its masked accuracy climbs on a trivial target (e.g. EnCodec weights whose "
+        f"{who} refuses label store {usage.get('teacher')}: {lines}, which carries no information for the "
+        "student. A student that always predicts that code is always right, so its masked accuracy climbs on a "
+        "trivial target (e.g. EnCodec weights whose "
         "codebooks were never initialised). Fix the teacher (label.rvq.weights: pretrained or a trained "
         f"checkpoint), or accept the store anyway with `mert label CORPUS LABELS {ALLOW_FLAG}` (nothing is "
         "relabelled)."

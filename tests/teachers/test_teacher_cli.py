@@ -113,16 +113,15 @@ def test_single_code_codebook_is_refused_unless_allowed(tmp_path, capsys, caplog
     with pytest.raises(UntrainableLabels) as e:
         label_corpus(tmp_path / "c", tmp_path / "l", ConstTeacher(), device="cpu", progress=False)
     msg = str(e.value)
-    assert "mert label refuses label store const-test" in msg and "codebook 1 of const-test" in msg
-    assert "code 5 on all" in msg and "1 of 64 codes used" in msg and "--allow-single-code" in msg
-    assert "codebook 0 of" not in msg
+    assert "mert label refuses label store const-test" in msg and "codebook 1 uses a single code (code 5 on all" in msg
+    assert "1 of 64 codes used" in msg and "--allow-single-code" in msg and "codebook 0" not in msg
     s = e.value.summary  # the labels are written (cached): accepting the store relabels nothing
     assert s.usage["codebooks"]["1"]["distinct"] == 1 and s.usage["codebooks"]["1"]["top_share"] == 1.0
     assert s.usage["codebooks"]["0"]["distinct"] > 1 and not s.usage["single_code_allowed"]
     t = ConstTeacher()
     s = label_corpus(tmp_path / "c", tmp_path / "l", t, device="cpu", progress=False, allow_single_code=True)
     assert t.calls == 0 and s.usage["single_code_allowed"]
-    assert "ACCEPTED WITH --ALLOW-SINGLE-CODE" in caplog.text and "codebook 1 of const-test" in caplog.text
+    assert "ACCEPTED WITH --ALLOW-SINGLE-CODE" in caplog.text and "codebook 1 uses a single code" in caplog.text
     print_summary(s)
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "WARNING (accepted with --allow-single-code): codebook 1 of const-test" in out
