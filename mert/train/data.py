@@ -11,10 +11,21 @@ Each slot's batch is cropped as in the reference (``pad_audio: false``): every c
 ``min(crop_samples, shortest clip in the batch)`` samples (rounded down to whole 320-sample frames), at a random
 start aligned to 320 samples so the teacher labels stay frame-aligned. Crop starts depend only on
 ``(seed, stream position)``, so the data position is just the step counter.
+
+Loading (:class:`PretrainLoader`): a micro-batch is a pure function of ``(step, slot)``, so it can be built
+anywhere. ``workers = 0`` builds them in one background thread (``prefetch`` steps ahead); ``workers > 0`` in
+that many processes (a ``torch.utils.data.DataLoader`` over the micro-batch index ``step * grad_accum + micro``,
+which hands them back in index order). Each process reads the crops' audio from the memory-mapped shards and their
+labels from the label store in the same call, straight into (shared-memory) tensors: one copy per crop, and no
+per-step work that grows with the corpus (the epoch permutation is built once per epoch and process). The order, the
+content and the resume point (``state_dict``: the next step to deliver) are the same for any worker count.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
 import queue
 import threading
 import time
@@ -24,9 +35,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from mert.data.shards import Clip, Corpus
-from mert.teachers.base import HOP
+from mert.teachers.base import HOP, student_frames
 from mert.train.labels import LabelSource
 from mert.utils.io import sha256_json
 
@@ -52,6 +64,10 @@ class Batch:
     @property
     def seconds(self) -> float:
         return self.wav.numel() / 24_000
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory (what ``DataLoader(pin_memory=True)`` calls), for async H2D copies."""
+        return dataclasses.replace(self, wav=self.wav.pin_memory(), labels=self.labels.pin_memory())
 
 
 class CropSampler:
@@ -128,20 +144,57 @@ class CropSampler:
         n = len(self.clips)
         return self.clips[int(self._perm(position // n)[position % n])]
 
-    def batch(self, step: int, slot: int) -> Batch:
-        """The cropped, labelled micro-batch of ``slot`` at optimiser step ``step``."""
+    def crop_start(self, position: int, clip_length: int, length: int) -> int:
+        """The crop's first sample: uniform over the 320-aligned starts, seeded by ``(seed, position)``."""
+        u = np.random.default_rng([self.seed, 1, position]).random()
+        return HOP * int(u * ((clip_length - length) // HOP + 1))
+
+    def layout(self, step: int, slot: int) -> tuple[list[int], list[Clip], int]:
+        """``(stream positions, clips, crop length L)`` of a micro-batch: every clip is cropped to
+        ``min(crop_samples, shortest clip)`` rounded down to whole 320-sample frames.
+        """
         pos = self.positions(step, slot)
         clips = [self.clip_at(p) for p in pos]
-        length = min(self.crop_samples, min(c.length for c in clips)) // HOP * HOP  # (B, L) crop, whole frames
-        wavs, labs = [], []
-        for p, clip in zip(pos, clips):
-            u = np.random.default_rng([self.seed, 1, p]).random()
-            start = HOP * int(u * ((clip.length - length) // HOP + 1))
-            wavs.append(self.corpus.audio(clip, start, length))
-            labs.append(self.labels.crop(clip, start, length).astype(np.int64))
-        wav = torch.from_numpy(np.stack(wavs))  # (B, L)
-        labels = torch.from_numpy(np.stack(labs))  # (B, K, T)
+        return pos, clips, min(self.crop_samples, min(c.length for c in clips)) // HOP * HOP
+
+    def fill(self, positions: list[int], clips: list[Clip], length: int, wav: np.ndarray, labels: np.ndarray) -> None:
+        """Write the crops' audio and labels into ``wav`` (B, L) float32 and ``labels`` (B, K, T) int64, in place.
+
+        The audio is copied once, from the shard's memory map; the labels of the same crop are read next to it.
+
+        Raises:
+            ValueError: the label source returned a crop of another shape than ``(K, student_frames(L))``.
+        """
+        for i, (p, clip) in enumerate(zip(positions, clips)):
+            start = self.crop_start(p, clip.length, length)
+            first = clip.offset + start
+            wav[i] = self.corpus.shard(clip.shard)[first : first + length]
+            lab = self.labels.crop(clip, start, length)  # (K, T) codes of the same crop
+            if lab.shape != labels.shape[1:]:
+                raise ValueError(
+                    f"labels of clip {clip.id} ({clip.source}) for samples [{start}, {start + length}): shape "
+                    f"{lab.shape}, expected {labels.shape[1:]} (codebooks, student frames)"
+                )
+            labels[i] = lab
+
+    def batch(self, step: int, slot: int) -> Batch:
+        """The cropped, labelled micro-batch of ``slot`` at optimiser step ``step`` (see :meth:`fill`)."""
+        pos, clips, length = self.layout(step, slot)
+        wav = torch.empty((len(clips), length))  # (B, L)
+        labels = torch.empty((len(clips), self.labels.n_codebooks, student_frames(length)), dtype=torch.int64)
+        self.fill(pos, clips, length, wav.numpy(), labels.numpy())
         return Batch(wav=wav, labels=labels, clip_ids=[c.id for c in clips], step=step, slot=slot)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a loader process (spawn/forkserver): the corpus's memory maps are reopened there, never
+        pickled (a pickled ``np.memmap`` carries its whole shard).
+        """
+        state = dict(self.__dict__)
+        corpus = copy.copy(self.corpus)
+        if isinstance(getattr(corpus, "_maps", None), dict):
+            corpus._maps = {}
+        state["corpus"], state["_perms"] = corpus, {}
+        return state
 
 
 def holdout_split(clips: list[Clip], n_val: int, min_samples: int, seed: int) -> tuple[list[Clip], list[Clip]]:
@@ -169,16 +222,36 @@ def holdout_split(clips: list[Clip], n_val: int, min_samples: int, seed: int) ->
 
 
 class PretrainLoader:
-    """Iterates one rank's micro-batches from a data position, preparing ``prefetch`` ahead in a thread.
+    """Iterates one rank's micro-batches from a data position, built ahead of the step.
 
     Each item is the list of ``grad_accum`` micro-batches of one optimiser step for this rank.
-    ``state_dict()`` is the next step to deliver; ``load_state_dict`` restarts there.
+    ``state_dict()`` is the next step to deliver; ``load_state_dict`` restarts there. What is delivered does not
+    depend on ``workers`` or ``prefetch``: only how it is built (see the module docstring).
+
+    Args:
+        sampler: the crop sampler (defines the stream).
+        rank: this process's rank.
+        world_size: ranks.
+        prefetch: ``workers == 0``: steps a background thread builds ahead (0: build in the caller, no thread);
+            ``workers > 0``: micro-batches each process builds ahead (``DataLoader``'s ``prefetch_factor``, >= 1).
+        workers: loader processes (``torch.utils.data.DataLoader`` workers); 0: the thread (or the caller).
+        pin_memory: deliver page-locked tensors (for ``.to(cuda, non_blocking=True)``).
     """
 
-    def __init__(self, sampler: CropSampler, rank: int = 0, world_size: int = 1, prefetch: int = 2):
+    def __init__(
+        self,
+        sampler: CropSampler,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 2,
+        workers: int = 0,
+        pin_memory: bool = False,
+    ):
+        if workers < 0 or prefetch < 0:
+            raise ValueError(f"loader workers and prefetch must be >= 0, got {workers} and {prefetch}")
         self.sampler, self.rank, self.world = sampler, rank, world_size
         self.accum = sampler.slots // world_size
-        self.prefetch = prefetch
+        self.prefetch, self.workers, self.pin_memory = prefetch, workers, pin_memory
         self.next_step = 0
 
     def step_batches(self, step: int) -> list[Batch]:
@@ -198,16 +271,54 @@ class PretrainLoader:
         self.next_step = int(state["next_step"])
 
     def __iter__(self) -> Iterator[list[Batch]]:
-        if self.prefetch > 0:
-            yield from self._threaded()
-            return
-        while True:
-            batches = self.step_batches(self.next_step)
-            self.next_step += 1
-            yield batches
+        if self.workers > 0:
+            ring, it = self._start_processes()
 
-    def _threaded(self) -> Iterator[list[Batch]]:
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+            def take(step: int) -> list[Batch]:
+                return [ring.take(next(it), step * self.accum + m, self.pin_memory) for m in range(self.accum)]
+
+            def stop() -> None:  # the processes stop now, not at garbage collection
+                shutdown = getattr(it, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+
+            yield from self._ahead(take, max(1, self.prefetch), stop)
+        elif self.prefetch > 0:
+            yield from self._ahead(lambda step: self._pinned(self.step_batches(step)), self.prefetch, None)
+        else:
+            while True:
+                batches = self._pinned(self.step_batches(self.next_step))
+                self.next_step += 1
+                yield batches
+
+    def _pinned(self, batches: list[Batch]) -> list[Batch]:
+        return [b.pin_memory() for b in batches] if self.pin_memory else batches
+
+    def _start_processes(self) -> tuple[_Ring, Iterator]:
+        """``workers`` processes that build micro-batch ``i = step * accum + micro``, for ``i`` from the data
+        position on, into a ring of shared-memory slots; the DataLoader hands back ``(i, slot)`` in index order.
+
+        Why slots: a fresh shared-memory tensor per micro-batch (what returning tensors from a DataLoader worker
+        does) costs more than building the batch (page faults on new shared pages, a file descriptor passed per
+        tensor); the slots are faulted in once.
+        """
+        ring = _Ring(self.sampler, self.rank, self.world, self.accum, self.workers * max(1, self.prefetch) + 2)
+        loader = torch.utils.data.DataLoader(
+            ring,
+            batch_size=None,  # items are whole micro-batches
+            sampler=_CountFrom(self.next_step * self.accum),
+            num_workers=self.workers,
+            prefetch_factor=max(1, self.prefetch),
+            generator=torch.Generator().manual_seed(0),  # its base seed: never drawn from the trainer's global RNG
+        )
+        return ring, iter(loader)
+
+    def _ahead(self, build, depth: int, on_close) -> Iterator[list[Batch]]:
+        """Steps ``build(step)`` from the data position on, made ``depth`` ahead by a background thread.
+
+        With loader processes the thread only copies finished batches out of their slots (off the training thread).
+        """
+        q: queue.Queue = queue.Queue(maxsize=depth)
         stop = threading.Event()
         start = self.next_step
 
@@ -215,7 +326,7 @@ class PretrainLoader:
             step = start
             try:
                 while not stop.is_set():
-                    item = self.step_batches(step)
+                    item = build(step)
                     while not stop.is_set():
                         try:
                             q.put(item, timeout=0.1)
@@ -240,6 +351,66 @@ class PretrainLoader:
             # Join, not just signal: a daemon thread still building tensors at interpreter exit can abort the
             # process ("terminate called without an active exception").
             thread.join(timeout=120)
+            if on_close is not None:
+                on_close()
+
+
+class _Ring(torch.utils.data.Dataset):
+    """Micro-batch ``i`` of one rank's stream (step ``i // accum``, slot ``(i % accum) * world + rank``), built
+    by a loader process into shared-memory slot ``i % n_slots``.
+
+    The DataLoader keeps ``workers * prefetch`` indices in flight and sends index ``j`` only after handing back
+    ``j - workers * prefetch``; :meth:`take` copies each batch out before the next one is asked for. So with
+    ``n_slots >= workers * prefetch + 1`` no slot is written while it is read; a stamp per slot (the index it
+    holds, -1 while being written) turns any violation into an error instead of a silently wrong batch.
+    """
+
+    def __init__(self, sampler: CropSampler, rank: int, world: int, accum: int, n_slots: int):
+        self.sampler, self.rank, self.world, self.accum = sampler, rank, world, accum
+        self.micro, self.k = sampler.micro, sampler.labels.n_codebooks
+        frames = student_frames(sampler.crop_samples // HOP * HOP)
+        self.wav = torch.zeros(n_slots, self.micro * sampler.crop_samples).share_memory_()
+        self.labels = torch.zeros(n_slots, self.micro * self.k * frames, dtype=torch.int64).share_memory_()
+        self.stamp = torch.full((n_slots,), -1, dtype=torch.int64).share_memory_()
+
+    def _views(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) audio and (B, K, T) label views of ``slot`` for crops of ``length`` samples."""
+        frames = student_frames(length)
+        wav = self.wav[slot, : self.micro * length].view(self.micro, length)
+        return wav, self.labels[slot, : self.micro * self.k * frames].view(self.micro, self.k, frames)
+
+    def __getitem__(self, i: int) -> tuple[int, int, int, list[str]]:
+        step, micro = divmod(i, self.accum)
+        slot = i % len(self.stamp)
+        self.stamp[slot] = -1
+        pos, clips, length = self.sampler.layout(step, micro * self.world + self.rank)
+        wav, labels = self._views(slot, length)
+        self.sampler.fill(pos, clips, length, wav.numpy(), labels.numpy())
+        self.stamp[slot] = i
+        return i, slot, length, [c.id for c in clips]
+
+    def take(self, item: tuple[int, int, int, list[str]], want: int, pin: bool) -> Batch:
+        """The batch of ``item`` (what :meth:`__getitem__` returned for index ``want``), copied out of its slot."""
+        i, slot, length, ids = item
+        if i != want or int(self.stamp[slot]) != i:
+            raise RuntimeError(f"loader slot {slot} holds micro-batch {int(self.stamp[slot])}, expected {want}")
+        src_wav, src_labels = self._views(slot, length)
+        wav = torch.empty(src_wav.shape, pin_memory=pin).copy_(src_wav)
+        labels = torch.empty(src_labels.shape, dtype=torch.int64, pin_memory=pin).copy_(src_labels)
+        if int(self.stamp[slot]) != i:  # overwritten while copied
+            raise RuntimeError(f"loader slot {slot} was overwritten while micro-batch {i} was read from it")
+        step, micro = divmod(i, self.accum)
+        return Batch(wav=wav, labels=labels, clip_ids=ids, step=step, slot=micro * self.world + self.rank)
+
+
+class _CountFrom(torch.utils.data.Sampler):
+    """``start, start + 1, ...`` (endless: the trainer stops at ``max_steps``)."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(self.start)
 
 
 _STREAM_WORDS = {
@@ -265,15 +436,27 @@ def stream_changes(saved: dict[str, Any] | None, sampler: CropSampler) -> str:
     return ", ".join(parts) or "its fingerprint differs"
 
 
-def loader_throughput(loader: PretrainLoader, n_steps: int = 20) -> dict[str, float]:
-    """Headroom of the loader alone: steps/s, micro-batches/s and audio seconds/s it can deliver (no prefetch)."""
+def loader_throughput(loader: PretrainLoader, n_steps: int = 20, warmup: int = 0) -> dict[str, float]:
+    """What the loader alone delivers: steps/s, micro-batches/s and audio seconds/s.
+
+    Iterates ``loader`` as the trainer does (its workers or thread, if any) from its data position: ``warmup``
+    steps first (process start-up, page cache; timed apart as ``startup_sec``), then ``n_steps`` timed ones.
+    """
     t0 = time.perf_counter()
-    seconds = 0.0
-    for step in range(n_steps):
-        seconds += sum(b.seconds for b in loader.step_batches(step))
-    dt = time.perf_counter() - t0
+    it = iter(loader)
+    try:
+        for _ in range(warmup):
+            next(it)
+        t1 = time.perf_counter()
+        seconds = 0.0
+        for _ in range(n_steps):
+            seconds += sum(b.seconds for b in next(it))
+        dt = time.perf_counter() - t1
+    finally:
+        it.close()
     return {
         "steps_per_sec": n_steps / dt,
         "batches_per_sec": n_steps * loader.accum / dt,
         "audio_sec_per_sec": seconds / dt,
+        "startup_sec": t1 - t0,
     }

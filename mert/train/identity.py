@@ -39,10 +39,10 @@ CODE_PATHS = ("mert/model", "mert/train", "mert/teachers/cqt.py", "mert/data/sha
 stage lists the same paths as deps (a test checks it)."""
 OPERATIONAL_FIELDS = frozenset(
     "save_interval keep_last log_interval val_interval val_batches compile parallel max_consecutive_skips "
-    "loader_prefetch collapse_patience collapse_band".split()
+    "loader_prefetch loader_workers collapse_patience collapse_band".split()
 )
 """Profile fields that do not change the trained weights (how often to save/log/validate, the wrapper, the
-prefetch depth, the diagnostics): changing them never makes a different run."""
+prefetch depth and loader processes, the diagnostics): changing them never makes a different run."""
 SECTIONS = ("corpus", "labels", "recipe", "encoder", "objective", "code", "init_from")
 
 

@@ -80,7 +80,12 @@ class Profile:
     max_consecutive_skips: int = 20
     """Non-finite loss/gradient steps in a row that stop the run."""
     loader_prefetch: int = 2
-    """Batches a background thread prepares ahead of the step."""
+    """``loader_workers: 0``: optimiser steps a background thread prepares ahead (0: none, built in the step);
+    otherwise micro-batches each loader process prepares ahead (at least 1)."""
+    loader_workers: int = 4
+    """Loader processes per rank building micro-batches from the memory-mapped shards (0: the background thread).
+    Any count delivers the same batches in the same order; ``benchmarks/loader.py`` measures the rate per worker
+    (project the count from a GPU's audio-s/s). Operational: not part of the run identity."""
     collapse_patience: int = 3
     """Validations in a row with every codebook's accuracy within ``collapse_band`` of its majority rate that
     raise the "predicting code frequencies only" warning (log + MLflow tag ``collapse.warning``)."""
@@ -101,6 +106,9 @@ class Profile:
             raise ValueError("warmup_steps >= 0, save_interval >= 1, keep_last >= 1, log_interval >= 1 are required")
         if self.val_holdout_clips < 0:
             raise ValueError(f"val_holdout_clips must be >= 0, got {self.val_holdout_clips}")
+        if self.loader_workers < 0 or self.loader_prefetch < 0:
+            raise ValueError(f"loader_workers and loader_prefetch must be >= 0, got {self.loader_workers} and "
+                             f"{self.loader_prefetch}")  # fmt: skip
         if self.collapse_patience < 1 or self.collapse_band < 0:
             raise ValueError("collapse_patience >= 1 and collapse_band >= 0 are required")
 
@@ -129,6 +137,7 @@ PROFILES: dict[str, Profile] = {
         val_interval=100,
         val_batches=2,
         max_consecutive_skips=5,
+        loader_workers=0,
     ),
     # CPU scale that learns within minutes on 2 cores (docs/results/collapse.md): 64 wide, 4 pre-LN layers, no
     # dropout/layerdrop/mixture, unscaled conv gradients, a 64-dim head, peak LR 5e-3; validated on held-out clips.
@@ -164,6 +173,7 @@ PROFILES: dict[str, Profile] = {
         val_batches=4,
         val_holdout_clips=4,
         max_consecutive_skips=5,
+        loader_workers=0,
     ),
     "mert-95m": Profile(),
     "mert-330m": Profile(

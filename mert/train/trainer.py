@@ -152,7 +152,7 @@ class Trainer:
             self._init_encoder()  # before wrapping: DDP broadcasts / FSDP shards what is loaded here
         self.model = wrap_model(self.raw_model, self.info, p.parallel, find_unused=self.encoder_config.layerdrop > 0)
         if p.compile:
-            self.model = torch.compile(self.model)
+            self._compile()
         self.dtype = resolve_precision(p.precision, dev)
         self.optimizer = build_optimizer(self.raw_model, p)
         self.scheduler = build_scheduler(self.optimizer, p)
@@ -161,7 +161,14 @@ class Trainer:
         train_clips, val_clips = holdout_split(self.corpus.clips, p.val_holdout_clips, p.min_clip_samples, p.seed)
         args = (self.corpus, self.labels, p.crop_samples, p.min_clip_samples, p.micro_batch_clips, self.info.world_size)
         sampler = CropSampler(*args, self.accum, p.seed, clips=train_clips)
-        self.loader = PretrainLoader(sampler, self.info.rank, self.info.world_size, p.loader_prefetch)
+        self.loader = PretrainLoader(
+            sampler,
+            self.info.rank,
+            self.info.world_size,
+            p.loader_prefetch,
+            workers=p.loader_workers,
+            pin_memory=dev.type == "cuda",
+        )
         val = CropSampler(*args, 1, p.seed + 1, clips=val_clips)  # other crops of the training clips, or held out
         self.val_loader = PretrainLoader(val, self.info.rank, self.info.world_size, prefetch=0)
         stats = LabelStats.from_labels(self.labels, sampler.clips)  # every rank: validation needs the top codes
@@ -178,6 +185,15 @@ class Trainer:
             self.load_checkpoint(latest)
         self.diagnostics.on_setup(fresh=latest is None)
         return self
+
+    def _compile(self) -> None:
+        """``torch.compile`` the encoder in place (``nn.Module.compile``: its state-dict keys do not change).
+
+        The encoder (conv front end + transformer) is where the FLOPs are and its shapes are static for a fixed
+        crop; the mixture, the mask and the heads' gather of the masked frames (data-dependent shapes, RNG
+        generators, ``.item()``) stay eager. Under DDP/FSDP the wrapped module's encoder is the same module.
+        """
+        self.raw_model.mert.compile()
 
     def _init_encoder(self) -> None:
         """Continued pretraining: the encoder's weights from ``init_from``; heads, optimiser, schedule stay fresh."""
@@ -246,26 +262,27 @@ class Trainer:
         self._log_config()
         it = iter(self.loader)
         try:
-            t_last, sec_acc = time.perf_counter(), 0.0
+            t_last, sec_acc, wait_acc, n_acc = time.perf_counter(), 0.0, 0.0, 0
             window = MetricWindow()
             while self.step < p.max_steps:
                 t0 = time.perf_counter()
                 batches = next(it)
-                wait = time.perf_counter() - t0
+                wait_acc += time.perf_counter() - t0
                 metrics = self.train_step(batches)
                 self._account(metrics, batches)
                 window.add(metrics)
                 sec_acc += sum(b.seconds for b in batches) * self.info.world_size
+                n_acc += 1
                 if self.step % p.log_interval == 0 or self.step == p.max_steps:
                     dt = time.perf_counter() - t_last
-                    self._log_train(window.mean(metrics), sec_acc / dt, wait)
-                    t_last, sec_acc = time.perf_counter(), 0.0
+                    self._log_train(window.mean(metrics), sec_acc / dt, wait_acc / n_acc, wait_acc / dt)
+                    t_last, sec_acc, wait_acc, n_acc = time.perf_counter(), 0.0, 0.0, 0
                 if p.val_interval and self.step % p.val_interval == 0 and self.step < p.max_steps:
                     self._log(self.diagnostics.on_validation(self.step, self.validate()))
                 if (self.step % p.save_interval == 0 or self.step == p.max_steps) and not self.consecutive_skips:
                     self.save_checkpoint()  # never during a run of non-finite steps: the last good one stays newest
         finally:
-            it.close()  # stops and joins the prefetch thread before anything else runs
+            it.close()  # stops and joins the prefetch thread and the loader processes before anything else runs
         final = self.diagnostics.on_validation(self.step, self.validate())
         self._log(final)
         return {
@@ -298,7 +315,10 @@ class Trainer:
                 "non-finite steps). Lower the learning rate or check the data, then rerun to resume from it."
             )
 
-    def _log_train(self, metrics: dict[str, torch.Tensor], audio_rate: float, wait: float) -> None:
+    def _log_train(self, metrics: dict[str, torch.Tensor], audio_rate: float, wait: float, wait_share: float) -> None:
+        """Log the window's mean metrics; ``wait``: mean seconds per step waiting for data, ``wait_share``: the
+        share of the window's wall time spent waiting (a loader-bound run shows a large share).
+        """
         keys = sorted(metrics)
         vals = all_reduce_mean(torch.stack([metrics[k].float() for k in keys]), self.info).tolist()
         out = dict(zip(keys, vals))
@@ -309,6 +329,7 @@ class Trainer:
                 "optim/lr": self.scheduler.get_last_lr()[0],
                 "perf/audio_sec_per_sec": audio_rate,
                 "perf/data_wait_sec": wait,
+                "perf/data_wait_share": wait_share,
                 "train/skipped_steps": float(self.skipped),
                 "train/samples": float(self.samples),
             }

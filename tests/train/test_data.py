@@ -1,3 +1,6 @@
+import multiprocessing
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -70,33 +73,136 @@ def test_rank_sharding_equals_accumulation_slots(corpus):
     assert s.positions(1, 0) == [4, 6] and s.positions(1, 1) == [5, 7]
 
 
-@pytest.mark.parametrize("prefetch", [0, 2])
-def test_loader_resumes_with_the_same_order(corpus, prefetch):
-    ref = PretrainLoader(sampler(corpus), prefetch=prefetch)
+@pytest.mark.parametrize("prefetch,workers", [(0, 0), (2, 0), (2, 2)])
+def test_loader_resumes_with_the_same_order(corpus, prefetch, workers):
+    ref = PretrainLoader(sampler(corpus), prefetch=prefetch, workers=workers)
     it = iter(ref)
     seen = [next(it) for _ in range(5)]
+    it.close()
     state = None
-    loader = PretrainLoader(sampler(corpus), prefetch=prefetch)
+    loader = PretrainLoader(sampler(corpus), prefetch=prefetch, workers=workers)
     it2 = iter(loader)
     for _ in range(2):
         next(it2)
+    it2.close()
     state = loader.state_dict()
-    resumed = PretrainLoader(sampler(corpus), prefetch=prefetch)
+    resumed = PretrainLoader(sampler(corpus), prefetch=prefetch, workers=workers)
     resumed.load_state_dict(state)
     it3 = iter(resumed)
     for want in seen[2:]:
         got = next(it3)
         assert [b.clip_ids for b in got] == [b.clip_ids for b in want]
         assert all(torch.equal(a.wav, b.wav) and torch.equal(a.labels, b.labels) for a, b in zip(got, want))
+    it3.close()
     assert resumed.state_dict()["next_step"] == 5
     other = PretrainLoader(sampler(corpus, seed=9))
     with pytest.raises(RuntimeError, match="data stream changed"):
         other.load_state_dict(state)
 
 
-def test_loader_throughput_reports_rates(corpus):
-    rates = loader_throughput(PretrainLoader(sampler(corpus), prefetch=0), n_steps=5)
-    assert rates["batches_per_sec"] > 0 and rates["audio_sec_per_sec"] > 0
+def assert_same(got, want):
+    """Steps of micro-batches equal in every field, bit for bit."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert [(b.step, b.slot, b.clip_ids) for b in g] == [(b.step, b.slot, b.clip_ids) for b in w]
+        assert all(torch.equal(a.wav, b.wav) and torch.equal(a.labels, b.labels) for a, b in zip(g, w))
+        assert all(a.labels.dtype == torch.long and a.wav.dtype == torch.float32 for a in g)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_loader_processes_deliver_exactly_the_in_process_stream(corpus, workers):
+    """Any worker count: the same micro-batches (per rank, accumulation slots included) in the same order, from any
+    data position; a crop shorter than crop_samples (a short clip in the batch) included."""
+    short = sampler(corpus, crop_samples=10**6 // 320 * 320, world_size=2, grad_accum=2)  # cropped to the shortest
+    for s in (sampler(corpus, world_size=2, grad_accum=2), short):
+        for rank in range(2):
+            ref = PretrainLoader(s, rank=rank, world_size=2, prefetch=0)
+            want = [ref.step_batches(step) for step in range(3, 9)]
+            loader = PretrainLoader(s, rank=rank, world_size=2, prefetch=1, workers=workers)
+            loader.next_step = 3
+            it = iter(loader)
+            got = [next(it) for _ in range(6)]
+            it.close()
+            assert_same(got, want)
+            assert loader.state_dict()["next_step"] == 9
+    assert {b.wav.shape[1] for step in got for b in step} != {9600}
+
+
+def test_loader_processes_stop_when_the_iterator_closes(corpus):
+    it = iter(PretrainLoader(sampler(corpus), workers=2))
+    next(it)
+    assert len(multiprocessing.active_children()) >= 2
+    it.close()
+    assert multiprocessing.active_children() == []
+
+
+class FailingLabels(HashLabels):
+    """Labels that raise for one clip, as a damaged label file does."""
+
+    def __init__(self, bad: str):
+        super().__init__(8, 1024)
+        self.bad = bad
+
+    def crop(self, clip, start, length):
+        if clip.id == self.bad:
+            raise RuntimeError(f"labels of clip {clip.id} are unreadable (test)")
+        return super().crop(clip, start, length)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_errors_reach_the_training_loop_with_their_message(corpus, workers):
+    s = sampler(corpus)
+    bad = s.clip_at(s.positions(2, 0)[1]).id
+    s.labels = FailingLabels(bad)
+    it = iter(PretrainLoader(s, prefetch=2, workers=workers))
+    with pytest.raises(RuntimeError, match=f"labels of clip {bad} are unreadable"):
+        for _ in range(4):
+            next(it)
+    it.close()
+
+
+class ShortLabels(HashLabels):
+    """A label source one frame short of the crop (labels of another frame rate or alignment)."""
+
+    def crop(self, clip, start, length):
+        return super().crop(clip, start, length)[:, :-1]
+
+
+def test_label_shape_mismatch_is_named(corpus):
+    s = sampler(corpus)
+    s.labels = ShortLabels(8, 1024)
+    with pytest.raises(ValueError, match=r"labels of clip \w+ .*shape \(8, 28\), expected \(8, 29\)"):
+        s.batch(0, 0)
+
+
+def test_sampler_pickles_without_its_memory_maps(corpus):
+    """What a spawned loader process receives: the sampler, its shards reopened there (never their bytes)."""
+    s = sampler(corpus)
+    s.batch(0, 0)  # opens the memory maps
+    blob = pickle.dumps(s)
+    assert len(blob) < 100_000 < sum(c.length * 4 for c in corpus.clips)
+    again = pickle.loads(blob)
+    b, want = again.batch(4, 0), s.batch(4, 0)
+    assert torch.equal(b.wav, want.wav) and torch.equal(b.labels, want.labels)
+
+
+def test_ring_slot_refuses_a_batch_it_does_not_hold(corpus):
+    from mert.train.data import _Ring
+
+    ring = _Ring(sampler(corpus), rank=0, world=1, accum=1, n_slots=3)
+    item = ring[4]  # built in this process, into slot 4 % 3
+    assert torch.equal(ring.take(item, 4, pin=False).wav, sampler(corpus).batch(4, 0).wav)
+    with pytest.raises(RuntimeError, match="expected 5"):
+        ring.take(item, 5, pin=False)
+    ring[7]  # slot 1 again, now holding micro-batch 7
+    with pytest.raises(RuntimeError, match="slot 1 holds micro-batch 7, expected 4"):
+        ring.take(item, 4, pin=False)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_throughput_reports_rates(corpus, workers):
+    rates = loader_throughput(PretrainLoader(sampler(corpus), prefetch=0, workers=workers), n_steps=5, warmup=1)
+    assert rates["batches_per_sec"] > 0 and rates["audio_sec_per_sec"] > 0 and rates["startup_sec"] > 0
 
 
 def test_holdout_split_is_disjoint_seeded_and_off_by_default(corpus):

@@ -195,8 +195,9 @@ def test_run_record_round_trip_and_tags(tmp_path):
 
 
 def test_recipe_leaves_out_operational_fields():
-    a, b = tiny_profile(), tiny_profile(save_interval=7, keep_last=9, log_interval=3, max_steps=99, loader_prefetch=1)
-    assert idn.recipe(a) == idn.recipe(b)
+    a = tiny_profile()
+    b = tiny_profile(save_interval=7, keep_last=9, log_interval=3, max_steps=99, loader_prefetch=1, loader_workers=3)
+    assert idn.recipe(a) == idn.recipe(b) == idn.recipe(dataclasses.replace(a, compile=True))
     assert idn.recipe(a) != idn.recipe(dataclasses.replace(a, seed=2))
     assert set(dataclasses.asdict(a)) - set(idn.recipe(a)) == set(idn.OPERATIONAL_FIELDS) | {"max_steps", "init_from"}
 

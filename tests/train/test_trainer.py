@@ -52,6 +52,8 @@ def test_fit_logs_metrics_saves_and_exports(corpus_dir, tmp_path):
         "optim/grad_norm",
         "optim/lr",
         "perf/audio_sec_per_sec",
+        "perf/data_wait_sec",
+        "perf/data_wait_share",
         "train/skipped_steps",
     ):
         assert k in keys, k
@@ -139,3 +141,64 @@ def test_train_metrics_are_averaged_over_the_log_interval(corpus_dir, tmp_path):
         for key in ("loss/total", "acc/rvq_0", "loss/rvq_ce", "majority_0"):
             assert m[f"train/{key}"] == pytest.approx(sum(s[key] for s in steps) / 2, rel=1e-5), key
         assert m["optim/grad_norm"] == pytest.approx(sum(s["optim/grad_norm"] for s in steps) / 2, rel=1e-5)
+
+
+def test_loader_processes_train_the_same_weights(corpus_dir, tmp_path):
+    """``loader_workers`` only changes where batches are built: 2 loader processes (with 2 accumulated
+    micro-batches per step) give the weights of the in-process loader bit for bit, and a resumed run continues."""
+    ref = make(corpus_dir, tmp_path / "ref", max_steps=3, batch_seconds=1.6, loader_prefetch=0)
+    ref.fit()
+    part = make(corpus_dir, tmp_path / "w", max_steps=2, batch_seconds=1.6, loader_workers=2, loader_prefetch=1)
+    assert part.accum == 2
+    part.fit()
+    resumed = make(corpus_dir, tmp_path / "w", max_steps=3, batch_seconds=1.6, loader_workers=2, loader_prefetch=1)
+    assert resumed.step == 2
+    resumed.fit()
+    a, b = weights(ref), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_autocast_on_cpu_trains_close_to_fp32(corpus_dir, tmp_path):
+    """``precision: bf16`` runs the step under CPU bf16 autocast (the CQT target stays fp32): finite, updating, and
+    its losses within bf16 tolerance of the fp32 run's on the same batches."""
+    fp32 = make(corpus_dir, tmp_path / "a", precision="fp32")
+    bf16 = make(corpus_dir, tmp_path / "b", precision="bf16")
+    assert (fp32.dtype, bf16.dtype) == (torch.float32, torch.bfloat16)
+    before = weights(bf16)
+    for step in range(3):
+        m32 = fp32.train_step(fp32.loader.step_batches(step))
+        m16 = bf16.train_step(bf16.loader.step_batches(step))
+        assert m16["optim/skipped"] == 0 and torch.isfinite(m16["loss/total"])
+        assert m16["loss/total"].item() == pytest.approx(m32["loss/total"].item(), rel=0.03)
+        assert m16["loss/cqt_mse"].item() == pytest.approx(m32["loss/cqt_mse"].item(), rel=0.05)
+    after = weights(bf16)
+    assert all(v.dtype == torch.float32 for v in after.values())  # autocast: fp32 master weights
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_compile_wraps_the_encoder_in_place(corpus_dir, tmp_path):
+    """``compile: true`` compiles the encoder module in place: the model, its checkpoint keys and the exported
+    layout are those of an eager run (no ``_orig_mod.``)."""
+    t = make(corpus_dir, tmp_path, compile=True)
+    assert t.raw_model.mert._compiled_call_impl is not None
+    assert t.model is t.raw_model
+    eager = make(corpus_dir, tmp_path / "eager")
+    assert list(t.state_dict()["model"]) == list(eager.state_dict()["model"])
+
+
+@pytest.mark.slow  # torch.compile (inductor, C++ codegen) of the tiny encoder: ~20-90 s on 2 loaded cores
+def test_compiled_tiny_profile_trains_like_eager(corpus_dir, tmp_path, monkeypatch):
+    """The tiny profile with ``compile: true`` on CPU: the same losses as eager over a few steps (inductor's own
+    dropout RNG is swapped for eager's, ``fallback_random``, so the two runs draw the same masks)."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    eager = make(corpus_dir, tmp_path / "eager")
+    compiled = make(corpus_dir, tmp_path / "compiled", compile=True)
+    for step in range(3):
+        a = eager.train_step(eager.loader.step_batches(step))
+        b = compiled.train_step(compiled.loader.step_batches(step))
+        for key in ("loss/total", "loss/rvq_ce", "loss/cqt_mse", "optim/grad_norm"):
+            assert b[key].item() == pytest.approx(a[key].item(), rel=1e-4, abs=1e-6), (step, key)
+    w_eager, w_compiled = weights(eager), weights(compiled)
+    assert all(torch.allclose(w_eager[k], w_compiled[k], rtol=1e-3, atol=1e-5) for k in w_eager)
