@@ -187,13 +187,17 @@ class Trainer:
         return self
 
     def _compile(self) -> None:
-        """``torch.compile`` the encoder in place (``nn.Module.compile``: its state-dict keys do not change).
+        """``torch.compile`` the encoder's blocks in place (``nn.Module.compile``: state-dict keys do not change).
 
-        The encoder (conv front end + transformer) is where the FLOPs are and its shapes are static for a fixed
-        crop; the mixture, the mask and the heads' gather of the masked frames (data-dependent shapes, RNG
-        generators, ``.item()``) stay eager. Under DDP/FSDP the wrapped module's encoder is the same module.
+        Compiled: the conv front end, the feature projection, the positional conv and each transformer layer
+        (the same code and shapes for every layer, so one compiled graph serves them all; per-block compilation
+        is also what FSDP2's per-layer sharding expects). Eager: the layerdrop draw between layers, the mixture,
+        the mask and the heads' gather of the masked frames (RNG generators, ``.item()``, data-dependent shapes),
+        which would otherwise break the graph and recompile.
         """
-        self.raw_model.mert.compile()
+        enc = self.raw_model.mert
+        for block in (enc.feature_extractor, enc.feature_projection, enc.encoder.pos_conv_embed, *enc.encoder.layers):
+            block.compile()
 
     def _init_encoder(self) -> None:
         """Continued pretraining: the encoder's weights from ``init_from``; heads, optimiser, schedule stay fresh."""
