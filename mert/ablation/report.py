@@ -128,7 +128,27 @@ def collect(params: AblationParams) -> dict[str, Any]:
     first = {t: loaded[(rows(params)[0][0], t)] for t in params.tasks}
     tasks = {t: {k: first[t].get(k) for k in ("metric", "n_test", "majority_rate", "majority_baseline")}
              for t in params.tasks}  # fmt: skip
-    return {"tasks": tasks, "rows": out_rows, "timing": timing(params)}
+    return {"tasks": tasks, "rows": out_rows, "cqt_effect": cqt_effect(params, loaded), "timing": timing(params)}
+
+
+def cqt_effect(params: AblationParams, loaded: Mapping[tuple[str, str], Any]) -> list[dict[str, Any]]:
+    """Per teacher, the ``with`` cell against each other CQT variant, paired over the same test clips.
+
+    Returns:
+        ``[{"teacher", "a": "<teacher>-with", "b": "<teacher>-<variant>", "scores": {task: {diff, low, high,
+        verdict, n}}}]`` (``diff`` = score(with) - score(variant): > 0 means the CQT target helped); empty without
+        a ``with`` variant.
+    """
+    if "with" not in params.cqt:
+        return []
+    out = []
+    for teacher in params.teachers:
+        a = f"{teacher}-with"
+        for variant in (v for v in params.cqt if v != "with"):
+            b = f"{teacher}-{variant}"
+            scores = {t: _versus(loaded[(a, t)], loaded[(b, t)], params.n_boot, params.seed) for t in params.tasks}
+            out.append({"teacher": teacher, "a": a, "b": b, "scores": scores})
+    return out
 
 
 def _exists(path: Path) -> Path:
@@ -258,6 +278,10 @@ def findings(report: Mapping[str, Any]) -> list[str]:
         if best_cell is not None and best_cell is not best:
             line += f", best cell: {best_cell['name']} ({_f(best_cell['scores'][t]['test_score'])})"
         out.append(line + ".")
+    for c in report.get("cqt_effect", []):
+        by = {v: [t for t in tasks if c["scores"][t]["verdict"] == v] for v in ("beats", "worse")}
+        out.append(f"{c['a']} vs {c['b']}: better on {', '.join(by['beats']) or 'none'}, worse on "
+                   f"{', '.join(by['worse']) or 'none'} (paired, 95% CI).")  # fmt: skip
     cells_ = [r for r in rows_ if r["kind"] == "cell"]
     above = [r["name"] for r in cells_ if r["pretrain"]["margin_min"] > 0]
     below = [r["name"] for r in cells_ if r["pretrain"]["ce_gain"] > 0]
@@ -270,6 +294,10 @@ SCORES_NOTE = (
     "Test score at the layer chosen on validation, 95% bootstrap CI over test clips. Mark: paired comparison with "
     "the random init of the same architecture over the same test clips: ▲ beats it (whole 95% CI of the difference "
     "above 0), ▼ worse, = no difference detectable."
+)
+CQT_NOTE = (
+    "Each teacher's `with` cell against its other CQT variants on the same test clips: > 0 (beats) means the cell "
+    "trained with the CQT target probes better."
 )
 PRETRAIN_NOTE = (
     "Margin: masked accuracy minus the frame-matched majority rate, per codebook (0 = predicts the most frequent "
@@ -327,6 +355,12 @@ def _diff_table(report: Mapping[str, Any]) -> str:
                                     for r in rows_])  # fmt: skip
 
 
+def _cqt_table(report: Mapping[str, Any]) -> str:
+    tasks = list(report["tasks"])
+    body = [[f"{c['a']} - {c['b']}"] + [_diff_cell(c["scores"][t]) for t in tasks] for c in report["cqt_effect"]]
+    return _table(["teacher: with - variant"] + tasks, body)
+
+
 def _pretrain_table(report: Mapping[str, Any]) -> str:
     body = []
     for r in report["rows"]:
@@ -346,6 +380,9 @@ def markdown(report: Mapping[str, Any], files: Mapping[str, str] | None = None) 
     lines = _header(report, files)
     lines += ["", "## Probe scores", "", SCORES_NOTE, "", _scores_table(report), ""]
     lines += ["## Difference to the random-init floor (paired bootstrap, 95% CI)", "", _diff_table(report), ""]
+    if report.get("cqt_effect"):
+        lines += ["## Does the CQT target help? (with minus the other variant, paired bootstrap, 95% CI)", "",
+                  CQT_NOTE, "", _cqt_table(report), ""]  # fmt: skip
     lines += ["## Pretraining (final validation, masked frames)", "", PRETRAIN_NOTE, "", _pretrain_table(report), ""]
     lines += ["## Findings (computed)", ""] + [f"- {x}" for x in findings(report)]
     return "\n".join(lines) + "\n"

@@ -122,6 +122,9 @@ def test_report_files_verdicts_and_mlflow_runs(tmp_path: Path, mlflow_uri: str):
     assert verdict[("mfcc", "pitch")] == "beats" and verdict[("random", "key")] is None
     assert by["rvq-with"]["scores"]["key"]["vs_random"]["diff"] == pytest.approx(0.5)
     assert by["kmeans-with"]["pretrain"]["margin_min"] == pytest.approx(0.02)
+    effect = {c["teacher"]: {t: c["scores"][t]["verdict"] for t in TASKS} for c in saved["cqt_effect"]}
+    assert effect == {"rvq": {"key": "beats", "pitch": "beats"},
+                      "kmeans": {"key": "no difference detectable", "pitch": "no difference detectable"}}  # fmt: skip
     t = saved["timing"]
     assert (t["label_s"], t["pretrain_s"], t["probe_s"]) == (240.0, 1200.0, 60.0 * 12)
     assert t["stages_s"] == 240.0 + 1200.0 + 720.0 and t["span_s"] == 7200.0
@@ -132,6 +135,8 @@ def test_report_files_verdicts_and_mlflow_runs(tmp_path: Path, mlflow_uri: str):
     assert "| rvq-with | cell | 1.000 [0.900, 1.100] ▲ | 0.500 [0.400, 0.600] = |" in md
     assert "key: beat the random init: rvq-with, mfcc; worse: rvq-without" in md
     assert "every codebook: kmeans-with;" in md
+    assert "rvq-with vs rvq-without: better on key, pitch, worse on none" in md
+    assert "| rvq-with - rvq-without | +1.000 [+1.000, +1.000] beats |" in md
 
     from mert.tracking import connect
 
