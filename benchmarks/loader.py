@@ -11,9 +11,10 @@ as the trainer iterates it, for each worker count:
 Each row is timed ``--repeats`` times (interleaved over the worker counts, so a load change hits every row alike);
 a timing is ``--batches`` micro-batches after ``--warmup`` steps (process start-up and the page cache are not in
 it). It prints audio-s/s (min / median / max), the per-worker rate (median / workers), the speed-up over one worker,
-the 1-min load average around each row, and the workers a GPU consuming ``--target`` audio-s/s needs at the
-one-worker rate (a projection: a GPU host's cores are usually faster and not shared). A last table splits one
-micro-batch's build time into the audio copy and the label read.
+the CPU time per micro-batch summed over every process and thread (constant in the worker count when nothing
+serialises: the speed-up is then bounded by free cores alone), the 1-min load average around each row, and the
+workers a GPU consuming ``--target`` audio-s/s needs at the one-worker rate (a projection: a GPU host's cores are
+usually faster and not shared). A last line splits one micro-batch's build time into the label reads and the rest.
 
 Usage::
 
@@ -78,11 +79,16 @@ def write_labels(root: Path, corpus: S.Corpus, k: int = 8, c: int = 1024) -> Sto
     return StoreLabels(store, corpus)
 
 
-def time_row(sampler: CropSampler, workers: int, batches: int, warmup: int, prefetch: int) -> tuple[float, float]:
-    """(audio-s/s delivered, start-up seconds) of one loader over ``batches`` micro-batches after ``warmup`` steps."""
+def time_row(sampler: CropSampler, workers: int, batches: int, warmup: int, prefetch: int) -> dict[str, float]:
+    """One loader over ``batches`` micro-batches after ``warmup`` steps: audio-s/s delivered, start-up seconds, and
+    CPU milliseconds per micro-batch over every process and thread (start-up and warm-up included)."""
     loader = PretrainLoader(sampler, prefetch=prefetch, workers=workers)
+    before = os.times()
     rates = loader_throughput(loader, n_steps=batches // loader.accum, warmup=warmup)
-    return rates["audio_sec_per_sec"], rates["startup_sec"]
+    after = os.times()  # the loader processes were joined: their CPU time is in children_*
+    cpu = sum(getattr(after, k) - getattr(before, k) for k in ("user", "system", "children_user", "children_system"))
+    n = (batches // loader.accum + warmup) * loader.accum
+    return {"rate": rates["audio_sec_per_sec"], "startup": rates["startup_sec"], "cpu_ms": 1000 * cpu / n}
 
 
 def split_build(sampler: CropSampler, n: int = 60) -> dict[str, float]:
@@ -149,12 +155,14 @@ def main() -> None:
         rates: dict[int, list[float]] = {w: [] for w in counts}
         loads: dict[int, list[float]] = {w: [] for w in counts}
         startup: dict[int, list[float]] = {w: [] for w in counts}
+        cpu: dict[int, list[float]] = {w: [] for w in counts}
         for _ in range(args.repeats):
             for w in counts:
                 before = os.getloadavg()[0]
-                rate, up = time_row(sampler, w, args.batches, args.warmup, args.prefetch)
-                rates[w].append(rate)
-                startup[w].append(up)
+                r = time_row(sampler, w, args.batches, args.warmup, args.prefetch)
+                rates[w].append(r["rate"])
+                startup[w].append(r["startup"])
+                cpu[w].append(r["cpu_ms"])
                 loads[w] += [before, os.getloadavg()[0]]
         split = split_build(sampler)
     rows = []
@@ -170,18 +178,21 @@ def main() -> None:
                 "per_worker": med / max(w, 1),
                 "vs_one_worker": med / one if one else None,
                 "startup_s": statistics.median(startup[w]),
+                "cpu_ms_per_batch": statistics.median(cpu[w]),
                 "load_min": min(loads[w]),
                 "load_max": max(loads[w]),
             }
         )
-    head = ["workers", "audio-s/s min", "median", "max", "per worker", "x 1 worker", "start-up s", "load 1-min"]
+    head = ["workers", "audio-s/s min", "median", "max", "per worker", "x 1 worker", "CPU ms/batch", "start-up s"]
+    head += ["load 1-min"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         name = "0 (thread)" if r["workers"] == 0 else str(r["workers"])
         x1 = f"{r['vs_one_worker']:.2f}" if r["vs_one_worker"] else ""
         cells = [f"{r[k]:,.0f}" for k in ("audio_s_per_s_min", "audio_s_per_s_median", "audio_s_per_s_max")]
-        cells += [f"{r['per_worker']:,.0f}", x1, f"{r['startup_s']:.2f}", f"{r['load_min']:.1f}-{r['load_max']:.1f}"]
+        cells += [f"{r['per_worker']:,.0f}", x1, f"{r['cpu_ms_per_batch']:.1f}", f"{r['startup_s']:.2f}"]
+        cells += [f"{r['load_min']:.1f}-{r['load_max']:.1f}"]
         print(f"| {name} | " + " | ".join(cells) + " |")
     projection = None
     if one:

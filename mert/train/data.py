@@ -29,6 +29,7 @@ import itertools
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -253,6 +254,7 @@ class PretrainLoader:
         self.accum = sampler.slots // world_size
         self.prefetch, self.workers, self.pin_memory = prefetch, workers, pin_memory
         self.next_step = 0
+        self._ring: _Ring | None = None  # the last iteration's slots (workers > 0)
 
     def step_batches(self, step: int) -> list[Batch]:
         """This rank's micro-batches of ``step``."""
@@ -296,17 +298,19 @@ class PretrainLoader:
 
     def _start_processes(self) -> tuple[_Ring, Iterator]:
         """``workers`` processes that build micro-batch ``i = step * accum + micro``, for ``i`` from the data
-        position on, into a ring of shared-memory slots; the DataLoader hands back ``(i, slot)`` in index order.
+        position on, into shared-memory slots (:class:`_Ring`); the DataLoader hands them back in index order.
 
         Why slots: a fresh shared-memory tensor per micro-batch (what returning tensors from a DataLoader worker
         does) costs more than building the batch (page faults on new shared pages, a file descriptor passed per
-        tensor); the slots are faulted in once.
+        tensor); the slots are faulted in once and reused.
         """
-        ring = _Ring(self.sampler, self.rank, self.world, self.accum, self.workers * max(1, self.prefetch) + 2)
+        in_flight = self.workers * max(1, self.prefetch) + 1  # dispatched, plus the one being handed back
+        held = 0 if self.pin_memory else (max(1, self.prefetch) + 3) * self.accum  # queued, being grouped, in use
+        ring = self._ring = _Ring(self.sampler, self.rank, self.world, self.accum, in_flight + held + 1)
         loader = torch.utils.data.DataLoader(
             ring,
             batch_size=None,  # items are whole micro-batches
-            sampler=_CountFrom(self.next_step * self.accum),
+            sampler=_SlotIndices(self.next_step * self.accum, ring),
             num_workers=self.workers,
             prefetch_factor=max(1, self.prefetch),
             generator=torch.Generator().manual_seed(0),  # its base seed: never drawn from the trainer's global RNG
@@ -356,13 +360,15 @@ class PretrainLoader:
 
 
 class _Ring(torch.utils.data.Dataset):
-    """Micro-batch ``i`` of one rank's stream (step ``i // accum``, slot ``(i % accum) * world + rank``), built
-    by a loader process into shared-memory slot ``i % n_slots``.
+    """Shared-memory slots that loader processes build micro-batches into.
 
-    The DataLoader keeps ``workers * prefetch`` indices in flight and sends index ``j`` only after handing back
-    ``j - workers * prefetch``; :meth:`take` copies each batch out before the next one is asked for. So with
-    ``n_slots >= workers * prefetch + 1`` no slot is written while it is read; a stamp per slot (the index it
-    holds, -1 while being written) turns any violation into an error instead of a silently wrong batch.
+    Micro-batch ``i`` of one rank's stream is step ``i // accum``, slot ``(i % accum) * world + rank`` of the
+    sampler. The index the DataLoader sends to a process is ``(i, slot)``: :meth:`acquire` picks a free slot when the
+    index is dispatched, and the slot stays taken until the batch built in it is released: right after it is copied
+    out (``pin``: into page-locked memory), or, without ``pin``, when the last tensor viewing it is garbage collected
+    (:class:`_Lease`: the batch is handed out without a copy). If no slot is free (a caller keeping many batches),
+    the index carries slot -1 and the process returns ordinary tensors instead: slower, never wrong, never stuck.
+    A stamp per slot (the index it holds, -1 while written) turns a protocol violation into an error.
     """
 
     def __init__(self, sampler: CropSampler, rank: int, world: int, accum: int, n_slots: int):
@@ -372,6 +378,25 @@ class _Ring(torch.utils.data.Dataset):
         self.wav = torch.zeros(n_slots, self.micro * sampler.crop_samples).share_memory_()
         self.labels = torch.zeros(n_slots, self.micro * self.k * frames, dtype=torch.int64).share_memory_()
         self.stamp = torch.full((n_slots,), -1, dtype=torch.int64).share_memory_()
+        self._free = list(range(n_slots))  # main process only
+        self._lock = threading.Lock()
+        self.fallbacks = 0  # indices sent without a slot (main process)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_lock"], state["_free"] = None, []  # the free list lives in the main process
+        return state
+
+    def acquire(self) -> int:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self.fallbacks += 1
+            return -1
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
 
     def _views(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) audio and (B, K, T) label views of ``slot`` for crops of ``length`` samples."""
@@ -379,9 +404,11 @@ class _Ring(torch.utils.data.Dataset):
         wav = self.wav[slot, : self.micro * length].view(self.micro, length)
         return wav, self.labels[slot, : self.micro * self.k * frames].view(self.micro, self.k, frames)
 
-    def __getitem__(self, i: int) -> tuple[int, int, int, list[str]]:
+    def __getitem__(self, index: tuple[int, int]) -> tuple[int, int, int, list[str]] | Batch:
+        i, slot = index
         step, micro = divmod(i, self.accum)
-        slot = i % len(self.stamp)
+        if slot < 0:
+            return self.sampler.batch(step, micro * self.world + self.rank)
         self.stamp[slot] = -1
         pos, clips, length = self.sampler.layout(step, micro * self.world + self.rank)
         wav, labels = self._views(slot, length)
@@ -389,28 +416,60 @@ class _Ring(torch.utils.data.Dataset):
         self.stamp[slot] = i
         return i, slot, length, [c.id for c in clips]
 
-    def take(self, item: tuple[int, int, int, list[str]], want: int, pin: bool) -> Batch:
-        """The batch of ``item`` (what :meth:`__getitem__` returned for index ``want``), copied out of its slot."""
+    def take(self, item: tuple[int, int, int, list[str]] | Batch, want: int, pin: bool) -> Batch:
+        """The batch of ``item`` (what :meth:`__getitem__` returned for index ``want``), out of its slot."""
+        step, micro = divmod(want, self.accum)
+        if isinstance(item, Batch):  # built without a slot
+            if (item.step, item.slot) != (step, micro * self.world + self.rank):
+                raise RuntimeError(f"loader returned (step, slot) {(item.step, item.slot)} for micro-batch {want}")
+            return item.pin_memory() if pin else item
         i, slot, length, ids = item
         if i != want or int(self.stamp[slot]) != i:
             raise RuntimeError(f"loader slot {slot} holds micro-batch {int(self.stamp[slot])}, expected {want}")
         src_wav, src_labels = self._views(slot, length)
-        wav = torch.empty(src_wav.shape, pin_memory=pin).copy_(src_wav)
-        labels = torch.empty(src_labels.shape, dtype=torch.int64, pin_memory=pin).copy_(src_labels)
-        if int(self.stamp[slot]) != i:  # overwritten while copied
-            raise RuntimeError(f"loader slot {slot} was overwritten while micro-batch {i} was read from it")
-        step, micro = divmod(i, self.accum)
+        if pin:
+            wav = torch.empty(src_wav.shape, pin_memory=True).copy_(src_wav)
+            labels = torch.empty(src_labels.shape, dtype=torch.int64, pin_memory=True).copy_(src_labels)
+            if int(self.stamp[slot]) != i:  # overwritten while copied
+                raise RuntimeError(f"loader slot {slot} was overwritten while micro-batch {i} was read from it")
+            self.release(slot)
+        else:
+            hold = _Hold(self, slot)
+            wav, labels = _Lease.tensor(src_wav, hold), _Lease.tensor(src_labels, hold)
         return Batch(wav=wav, labels=labels, clip_ids=ids, step=step, slot=micro * self.world + self.rank)
 
 
-class _CountFrom(torch.utils.data.Sampler):
-    """``start, start + 1, ...`` (endless: the trainer stops at ``max_steps``)."""
+class _Hold:
+    """Releases a ring slot when the last tensor viewing it is gone (CPython frees it at the last reference)."""
 
-    def __init__(self, start: int):
-        self.start = start
+    def __init__(self, ring: _Ring, slot: int):
+        weakref.finalize(self, ring.release, slot)
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.count(self.start)
+
+class _Lease:
+    """An array-interface owner of a slot view: ``torch.from_numpy(np.asarray(lease))`` keeps it (and its
+    :class:`_Hold`) alive for as long as any tensor shares that storage, views and slices included.
+    """
+
+    def __init__(self, view: torch.Tensor, hold: _Hold):
+        self.view, self.hold = view, hold  # the view keeps the shared storage mapped
+        self.__array_interface__ = view.numpy().__array_interface__
+
+    @classmethod
+    def tensor(cls, view: torch.Tensor, hold: _Hold) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(cls(view, hold)))
+
+
+class _SlotIndices(torch.utils.data.Sampler):
+    """``(i, slot)`` for ``i = start, start + 1, ...`` (endless: the trainer stops at ``max_steps``), each with a
+    ring slot acquired when the DataLoader dispatches it.
+    """
+
+    def __init__(self, start: int, ring: _Ring):
+        self.start, self.ring = start, ring
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((i, self.ring.acquire()) for i in itertools.count(self.start))
 
 
 _STREAM_WORDS = {

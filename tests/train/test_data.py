@@ -190,13 +190,53 @@ def test_ring_slot_refuses_a_batch_it_does_not_hold(corpus):
     from mert.train.data import _Ring
 
     ring = _Ring(sampler(corpus), rank=0, world=1, accum=1, n_slots=3)
-    item = ring[4]  # built in this process, into slot 4 % 3
+    item = ring[4, 1]  # built in this process, into slot 1
     assert torch.equal(ring.take(item, 4, pin=False).wav, sampler(corpus).batch(4, 0).wav)
     with pytest.raises(RuntimeError, match="expected 5"):
         ring.take(item, 5, pin=False)
-    ring[7]  # slot 1 again, now holding micro-batch 7
+    ring[7, 1]  # slot 1 again, now holding micro-batch 7
     with pytest.raises(RuntimeError, match="slot 1 holds micro-batch 7, expected 4"):
         ring.take(item, 4, pin=False)
+
+
+def test_a_slot_is_reused_only_when_no_tensor_views_it(corpus):
+    """Without pinning a batch is handed out as views of its shared slot: the slot returns to the free list when
+    the last tensor sharing its memory dies (a slice of the batch included), not before."""
+    from mert.train.data import _Ring
+
+    ring = _Ring(sampler(corpus), rank=0, world=1, accum=1, n_slots=2)
+    a, b = ring.acquire(), ring.acquire()
+    assert ring.acquire() == -1 and ring.fallbacks == 1  # none free: the index goes without a slot
+    batch = ring.take(ring[0, a], 0, pin=False)
+    part = batch.wav[1, 100:200]  # a view that outlives the batch
+    want = part.clone()
+    del batch
+    assert ring.acquire() == -1  # still viewed
+    ring.take(ring[1, b], 1, pin=False)  # dropped at once: slot b is free again
+    assert ring.acquire() == b
+    del part
+    assert ring.acquire() == a
+    ring.release(a)
+    ring[5, a]  # slot a rewritten
+    assert not torch.equal(ring.take(ring[5, a], 5, pin=False).wav[1, 100:200], want)
+
+
+def test_a_caller_keeping_every_batch_gets_correct_batches(corpus):
+    """More batches kept than the ring has slots: the loader falls back to batches without a slot (never stuck,
+    never a reused slot under a kept batch)."""
+    s = sampler(corpus, grad_accum=2)
+    want = [PretrainLoader(s, prefetch=0).step_batches(step) for step in range(12)]
+    loader = PretrainLoader(s, prefetch=1, workers=2)
+    it = iter(loader)
+    got = [next(it) for _ in range(12)]  # 24 micro-batches kept; the ring has 2 * 1 + 1 + 4 * 2 + 1 = 12 slots
+    it.close()
+    assert_same(got, want)
+    assert loader._ring.fallbacks > 0
+    it = iter(loader)
+    for _ in range(30):  # a caller that lets each step go, as the trainer does: every batch comes from a slot
+        next(it)
+    it.close()
+    assert loader._ring.fallbacks == 0
 
 
 @pytest.mark.parametrize("workers", [0, 2])
