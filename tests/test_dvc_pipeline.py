@@ -34,6 +34,7 @@ def _tiny_repo(tmp_path: Path, edit=None) -> Path:
     shutil.copytree(ROOT / "mert", repo / "mert", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["demo"].update(n_clips=3, min_seconds=5.0, max_seconds=6.0, task_clips=24)  # rendered real scores
+    params["pretrain"]["profile"] = "mert-tiny"  # the machinery under test, not the demo's model
     if edit:
         edit(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))

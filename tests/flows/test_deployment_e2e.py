@@ -33,6 +33,7 @@ def _tiny_project(dst: Path) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["demo"].update(n_clips=3, min_seconds=5.0, max_seconds=6.0, task_clips=24)  # rendered real scores
     params["probe"].update(lrs=[1e-3], max_epochs=3, patience=2)
+    params["pretrain"]["profile"] = "mert-tiny"  # the machinery under test, not the demo's model
     prof = params["pretrain"]["profiles"]["mert-tiny"]
     prof.update(max_steps=6, warmup_steps=2, save_interval=3, val_interval=0, batch_seconds=8.0)
     (dst / "params.yaml").write_text(yaml.safe_dump(params))
