@@ -168,3 +168,56 @@ def test_label_params_section(tmp_path):
     (tmp_path / "p.yaml").write_text("label:\n  kmeans:\n    features: [mfcc, chroma]\n    n_clusters: [10]\n")
     with pytest.raises(ParamsError, match="one value"):
         load_section("label", tmp_path / "p.yaml")
+
+
+def label_files(labels_dir: Path) -> dict[str, bytes]:
+    """Every label array and record of a labels directory, by path relative to it."""
+    return {str(p.relative_to(labels_dir)): p.read_bytes() for p in sorted(labels_dir.rglob("clips/*/*"))}
+
+
+def test_two_ranges_label_exactly_like_one_run(tmp_path, rvq_teacher):
+    """Manifest blocks 0 and 1 of 2 (other batches, other padding) give the labels of one run over the corpus, byte
+    for byte, with the real teacher (seeded random-projection EnCodec)."""
+    make_corpus(tmp_path / "corpus", [1.0, 2.5, 0.6, 1.7, 3.2, 1.1, 0.9], music=True)
+    whole = run(tmp_path / "corpus", tmp_path / "one", rvq_teacher, batch_size=3)
+    parts = [run(tmp_path / "corpus", tmp_path / "two", rvq_teacher, batch_size=3, shard_index=i, num_shards=2)
+             for i in range(2)]  # fmt: skip
+    assert whole.computed == sum(p.computed for p in parts) == 7
+    assert label_files(tmp_path / "two") == label_files(tmp_path / "one") and len(label_files(tmp_path / "one")) == 14
+    assert LabelStore.open(tmp_path / "two").read_usage() == LabelStore.open(tmp_path / "one").read_usage()
+
+
+@pytest.mark.slow  # ~20 s on 2 loaded cores: 4 processes each import torch and build the EnCodec teacher
+def test_two_ranks_write_exactly_the_labels_of_one(tmp_path):
+    """The multi-process / multi-node path: ``mert label`` under ``RANK``/``WORLD_SIZE`` (what torchrun sets; a
+    node per manifest range works the same) in two concurrent processes, then one plain ``mert label`` that
+    computes nothing and writes the store's usage over the whole corpus: the store is byte for byte the one a
+    single process writes (the real teacher: seeded random-projection EnCodec; batches differ between the two
+    layouts, labels must not)."""
+    import os
+    import subprocess
+    import sys
+
+    make_corpus(tmp_path / "corpus", [1.0, 2.5, 0.6, 1.7, 3.2, 1.1, 0.9], music=True)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+
+    def label(out: Path, **extra) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "mert.cli", "label", str(tmp_path / "corpus"), str(out), "--teacher", "rvq",
+               "--weights", "random", "--device", "cpu", "--batch-size", "3", "--no-progress", "--json"]  # fmt: skip
+        return subprocess.Popen(cmd, env={**env, **extra}, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def done(proc: subprocess.Popen) -> dict:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        return json.loads(out)
+
+    ranks = [label(tmp_path / "two", RANK=str(r), WORLD_SIZE="2") for r in range(2)]
+    one = done(label(tmp_path / "one"))
+    by_rank = [done(p) for p in ranks]
+    assert [s["rows"] for s in by_rank] == [[0, 3], [3, 7]] and sum(s["computed"] for s in by_rank) == 7
+    final = done(label(tmp_path / "two"))  # after the ranks: nothing to compute, usage over every clip
+    assert (one["computed"], final["computed"], final["cached"]) == (7, 0, 7)
+    assert label_files(tmp_path / "two") == label_files(tmp_path / "one") and len(label_files(tmp_path / "one")) == 14
+    store_one, store_two = LabelStore.open(tmp_path / "one"), LabelStore.open(tmp_path / "two")
+    assert store_two.read_usage() == store_one.read_usage() and store_one.read_usage()["clips"] == 7
