@@ -19,11 +19,20 @@ with ``norm: per_bin``), ``melrvq`` (Mel-RVQ, 8 x 1024). Columns:
 setup seconds (building the teacher: EnCodec init, k-means fit, mel statistics, Mel-RVQ fit; not in x real time),
 labelling x real time, and the code usage of the labels (mean codes used and entropy over codebooks, the largest
 top-code share). ``--corpus DIR`` runs on an ingested corpus (e.g. a rendered real-music one) instead of the
-synthetic clips. Usage::
+synthetic clips.
+
+**Scaling** (``--scaling``): EnCodec labelling throughput (x real time) vs batch size (``label_corpus`` in this
+process, ``--threads`` threads, default 1), and vs worker processes: N concurrent ``mert label`` processes under
+``RANK``/``WORLD_SIZE`` (what ``torchrun`` sets; one thread each), each labelling its block of the manifest into the
+same store, which is the multi-node path too (README, "Labelling at corpus scale"). Per N: x real time over the
+whole wall time (process start and teacher build included) and over the labelling alone (the slowest rank's
+``wall_seconds``), the speed-up over one process, and the 1-min load average. Usage::
 
     .venv/bin/python benchmarks/teachers.py [--clips 8] [--seconds 40] [--batch 8] [--weights random]
     .venv/bin/python benchmarks/teachers.py --no-encodec --no-cqt --teachers rvq,kmeans,bestrq,bestrq8,melrvq \
         [--corpus data/corpus] [--melrvq-model DIR] [--threads 1]
+    .venv/bin/python benchmarks/teachers.py --no-encodec --no-cqt --scaling [--scaling-batches 1,4,8,16] \
+        [--scaling-procs 1,2] [--clips 8] [--seconds 15]
 """
 
 from __future__ import annotations
@@ -31,7 +40,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -228,6 +240,51 @@ def print_comparison(rows: list[dict], seconds: float) -> None:
         print(f"{r['name']:34s} {r['shape']:>11s} " + " ".join(cells))
 
 
+def scaling_rows(corpus: S.Corpus, args, tmp: Path) -> list[dict]:
+    """x real time vs batch size (this process) and vs concurrent ``mert label`` processes (one thread each)."""
+    rows = []
+    threads = torch.get_num_threads()
+    teacher = build_rvq_teacher(args.weights)
+    for b in (int(v) for v in args.scaling_batches.split(",")):
+        load = os.getloadavg()[0]
+        s = label_corpus(corpus.root, tmp / f"scale-b{b}", teacher, batch_size=b, device="cpu", progress=False)
+        rows.append({"kind": "batch", "batch": b, "procs": 1, "threads": threads, "x_realtime": s.x_realtime,
+                     "wall": s.wall_seconds, "load": load})  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for n in (int(v) for v in args.scaling_procs.split(",")):
+        out, load = tmp / f"scale-p{n}", os.getloadavg()[0]
+        cmd = [sys.executable, "-m", "mert.cli", "label", str(corpus.root), str(out), "--teacher", "rvq", "--weights",
+               args.weights, "--device", "cpu", "--batch-size", str(args.batch), "--no-progress", "--json"]  # fmt: skip
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "WORLD_SIZE": str(n)}, cwd=repo,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(n)]  # fmt: skip
+        outs = [p.communicate() for p in procs]
+        wall = time.perf_counter() - t0
+        bad = [err.decode()[-500:] for p, (_, err) in zip(procs, outs) if p.returncode]
+        if bad:
+            raise RuntimeError(f"mert label failed under WORLD_SIZE={n}: {bad[0]}")
+        sums = [json.loads(o) for o, _ in outs]
+        audio = sum(x["computed_seconds"] for x in sums)
+        rows.append({"kind": "procs", "batch": args.batch, "procs": n, "threads": 1, "x_realtime": audio / wall,
+                     "x_realtime_labelling": audio / max(x["wall_seconds"] for x in sums), "wall": wall,
+                     "load": load})  # fmt: skip
+    return rows
+
+
+def print_scaling(rows: list[dict], seconds: float) -> None:
+    print(f"\nEnCodec labelling scaling on {seconds:.0f} s of audio (CPU; random-projection teacher)")
+    head = ["run", "processes", "threads each", "batch", "x real time (wall)", "x real time (labelling)", "x 1 process"]
+    print("| " + " | ".join([*head, "load 1-min"]) + " |\n|" + "---|" * (len(head) + 1))
+    base = next((r for r in rows if r["kind"] == "procs" and r["procs"] == 1), None)
+    for r in rows:
+        run = "label_corpus in this process" if r["kind"] == "batch" else f"mert label, RANK 0..{r['procs'] - 1}"
+        lab = r.get("x_realtime_labelling", r["x_realtime"])
+        x1 = f"{r['x_realtime'] / base['x_realtime']:.2f}" if r["kind"] == "procs" and base else ""
+        print(f"| {run} | {r['procs']} | {r['threads']} | {r['batch']} | {r['x_realtime']:.1f} | {lab:.1f} | {x1} | "
+              f"{r['load']:.1f} |")  # fmt: skip
+
+
 def cqt_rows(seconds: float, batch: int) -> list[dict]:
     path = Path(__file__).with_name("cqt.py")
     if not path.exists():
@@ -262,12 +319,19 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, help="an ingested corpus to use instead of synthetic clips")
     ap.add_argument("--melrvq-model", help="a fitted Mel-RVQ dir (default: fit on the corpus, timed as setup)")
     ap.add_argument("--melrvq-steps", type=int, help="fit steps when no --melrvq-model (default: params default)")
+    ap.add_argument("--scaling", action="store_true", help="x real time vs batch size and vs worker processes")
+    ap.add_argument("--scaling-batches", default="1,4,8,16", help="batch sizes of the in-process rows")
+    ap.add_argument("--scaling-procs", default=None, help="concurrent mert label processes (default: 1..CPUs)")
     args = ap.parse_args()
+    if args.scaling_procs is None:
+        args.scaling_procs = ",".join(str(n) for n in range(1, len(os.sched_getaffinity(0)) + 1))
+    if args.scaling and not args.threads:
+        args.threads = 1  # a row per process count is only comparable with one thread per process
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    rows, comparison = [], []
+    rows, comparison, scaling = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         if args.corpus:
             corpus = S.Corpus(args.corpus)
@@ -281,12 +345,16 @@ def main() -> None:
         if args.teachers:
             names = [n for n in args.teachers.split(",") if n]
             comparison = teacher_comparison(corpus, names, args.batch, Path(tmp), args)
+        if args.scaling:
+            scaling = scaling_rows(corpus, args, Path(tmp))
     if not args.no_cqt:
         rows += cqt_rows(args.cqt_seconds, args.batch)
     if rows:
         print_rows(rows)
     if comparison:
         print_comparison(comparison, corpus.total_seconds)
+    if scaling:
+        print_scaling(scaling, corpus.total_seconds)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
