@@ -320,7 +320,8 @@ class PretrainLoader:
     def _ahead(self, build, depth: int, on_close) -> Iterator[list[Batch]]:
         """Steps ``build(step)`` from the data position on, made ``depth`` ahead by a background thread.
 
-        With loader processes the thread only copies finished batches out of their slots (off the training thread).
+        With loader processes the thread only takes finished batches out of their slots (copying them into
+        page-locked memory when pinning), off the training thread.
         """
         q: queue.Queue = queue.Queue(maxsize=depth)
         stop = threading.Event()

@@ -82,10 +82,10 @@ class Profile:
     loader_prefetch: int = 2
     """``loader_workers: 0``: optimiser steps a background thread prepares ahead (0: none, built in the step);
     otherwise micro-batches each loader process prepares ahead (at least 1)."""
-    loader_workers: int = 4
-    """Loader processes per rank building micro-batches from the memory-mapped shards (0: the background thread).
-    Any count delivers the same batches in the same order; ``benchmarks/loader.py`` measures the rate per worker
-    (project the count from a GPU's audio-s/s). Operational: not part of the run identity."""
+    loader_workers: int = 0
+    """Loader processes per rank building micro-batches from the memory-mapped shards (0: the background thread;
+    ``mert-95m``/``mert-330m``: 4). Any count delivers the same batches in the same order; ``benchmarks/loader.py``
+    measures the rate per worker (project the count from a GPU's audio-s/s). Operational: not in the run identity."""
     collapse_patience: int = 3
     """Validations in a row with every codebook's accuracy within ``collapse_band`` of its majority rate that
     raise the "predicting code frequencies only" warning (log + MLflow tag ``collapse.warning``)."""
@@ -137,7 +137,6 @@ PROFILES: dict[str, Profile] = {
         val_interval=100,
         val_batches=2,
         max_consecutive_skips=5,
-        loader_workers=0,
     ),
     # CPU scale that learns within minutes on 2 cores (docs/results/collapse.md): 64 wide, 4 pre-LN layers, no
     # dropout/layerdrop/mixture, unscaled conv gradients, a 64-dim head, peak LR 5e-3; validated on held-out clips.
@@ -173,9 +172,8 @@ PROFILES: dict[str, Profile] = {
         val_batches=4,
         val_holdout_clips=4,
         max_consecutive_skips=5,
-        loader_workers=0,
     ),
-    "mert-95m": Profile(),
+    "mert-95m": Profile(loader_workers=4),
     "mert-330m": Profile(
         model="mert-330m",
         crop_samples=122_880,
@@ -185,6 +183,7 @@ PROFILES: dict[str, Profile] = {
         clip_norm=1.0,
         save_interval=5_000,
         parallel="fsdp",
+        loader_workers=4,
     ),
 }
 """The built-in profiles; ``params.yaml`` repeats them explicitly (a test checks they agree)."""
