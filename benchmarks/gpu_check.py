@@ -4,8 +4,13 @@
 
 About 6-7 minutes on one H100/H200 (``--budget`` seconds of rows, then a hard stop 60 s later).
 
-Sections (each row is written to the JSON as soon as it is measured, so a cut-short run keeps what it got):
+Sections, in this order (each row is written to the JSON as soon as it is measured, so a cut-short run keeps what
+it got; a row that would not fit in ``--budget`` is skipped and listed):
 
+* ``cqt``: FastCQT vs nnAudio's CQT on the GPU (15 x 5 s clips): x real time, max error relative to the clip peak.
+* ``encodec``: EnCodec labelling on the GPU, x real time: ``label_corpus`` end to end (read, window, batch, encode,
+  write) per batch size, and the bare batched encode (the bound), with the random-projection teacher (no internet
+  on the GPU host) and the official path's compute (encoder + RVQ, random weights: the same cost as ``pretrained``).
 * ``train``: the real pretraining step (``Trainer.train_step``: FastCQT target on the GPU, in-batch mixture, span
   mask, bf16 autocast, Adam, grad clip) of ``mert-95m`` (5 s crops, 15 clips per micro-batch) and ``mert-330m``
   (5.12 s, 7 clips), eager and with ``compile: true``, fed by the real loader (``loader_workers`` processes over a
@@ -14,10 +19,6 @@ Sections (each row is written to the JSON as soon as it is measured, so a cut-sh
   memory, the data-wait share of the step time (loader-bound or not), and for the eager rows the largest micro-batch
   that fits (doubling, then bisection; a lower bound at the last fitting size). One more 95M row feeds it from the
   in-process thread (``loader_workers: 0``) for comparison.
-* ``cqt``: FastCQT vs nnAudio's CQT on the GPU (15 x 5 s clips): x real time, max error relative to the clip peak.
-* ``encodec``: EnCodec labelling on the GPU, x real time: ``label_corpus`` end to end (read, window, batch, encode,
-  write) per batch size, and the bare batched encode (the bound), with the random-projection teacher (no internet
-  on the GPU host) and the official path's compute (encoder + RVQ, random weights: the same cost as ``pretrained``).
 
 Targets (issue 13): MFU >= 40% for the 95M profile at 5 s crops; data wait < 5% of step time.
 
@@ -255,8 +256,9 @@ def train_section(check: Check, corpus, labels, dev, args) -> None:
     peak = check.data["device"].get("peak_bf16_tflops")
     names = ["mert-tiny"] if args.smoke else ["mert-95m", "mert-330m"]
     workers_default = max(1, min(4, check.data["device"]["cpus"] - 1))
-    plan = [(n, c, workers_default) for n in names for c in (False, True)]
-    plan.insert(1, (names[0], False, 0))  # the thread instead of loader processes
+    # Eager rows first (the thread-fed 95M row after its process-fed twin), then the compiled ones (the longest).
+    plan = [(n, False, workers_default) for n in names] + [(n, True, workers_default) for n in names]
+    plan.insert(1, (names[0], False, 0))
     for name, compile_, workers in plan:
         if compile_ and args.no_compile:
             check.skip(f"train {name} compile", "--no-compile")
@@ -277,7 +279,7 @@ def train_section(check: Check, corpus, labels, dev, args) -> None:
                     row["mfu"] = row["tflops"] / peak
                 if not compile_ and workers:
                     cap = 8 if args.smoke else 2048
-                    deadline = time.monotonic() + min(60.0, max(0.0, check.left() - 60))
+                    deadline = time.monotonic() + min(45.0, max(0.0, check.left() - 60))
                     row.update(max_micro_batch(t, dev, t.p.micro_batch_clips, cap, deadline))
                 check.add("train", row)
         except Exception as e:  # noqa: BLE001 - recorded, the other rows still run
@@ -410,12 +412,12 @@ def main() -> int:
             corpus = write_corpus(Path(tmp) / "corpus", args.clips, 2.0 if args.smoke else 20.0, per_shard=8)
             labels = write_labels(Path(tmp) / "labels", corpus)
             check.data["corpus"] = {"clips": len(corpus), "minutes": round(corpus.total_seconds / 60, 1)}
-            if "train" in sections:
-                train_section(check, corpus, labels, dev, args)
-            if "cqt" in sections:
+            if "cqt" in sections:  # the short sections first: a cut-short run still has them
                 cqt_section(check, dev, args)
             if "encodec" in sections and check.left() > 20:
                 encodec_section(check, corpus, dev, args, Path(tmp))
+            if "train" in sections:
+                train_section(check, corpus, labels, dev, args)
     except TimeoutError as e:
         check.error("gpu_check", e)
     finally:
