@@ -107,7 +107,7 @@ def pretrain(params_file: str | Path, cell_name: str, device: str | None = None)
               "profile": ab.profile, "max_steps": steps, "objective_overrides": over,
               "teacher_identity": {k: ident.get(k) for k in ("name", "hash")}}  # fmt: skip
     with timed(out / CELL_FILE, record) as info:
-        res = pretrain_stage(corpus, labels_dir, out, params, device=device)
+        res = pretrain_stage(corpus, labels_dir, out, params, device=device, on_change="fresh")  # as the pipelines
         info["run_id"] = res.get("run_id")
     return res
 
