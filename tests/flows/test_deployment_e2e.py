@@ -73,12 +73,13 @@ def test_prefect_deployment_run_completes_and_registers_a_version(tmp_path: Path
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the registry an earlier test set globally
     version = client.get_model_version_by_alias("mert-tiny", "candidate")
     tags = version.tags
     for lineage in ("git_commit", "corpus_manifest_sha256", "teacher", "teacher_hash", "run_id", "profile"):
         assert tags.get(lineage), (lineage, tags)
     assert tags["teacher"] == "rvq-random-projection"  # the offline teacher is named as such, never hidden
-    assert tags["probe.timbre.metric"] == "accuracy" and 0.0 <= float(tags["probe.timbre.accuracy"]) <= 1.0
+    assert tags["probe.instrument.metric"] == "accuracy" and 0.0 <= float(tags["probe.instrument.accuracy"]) <= 1.0
     assert str(client.get_registered_model("mert-tiny").aliases["champion"]) == str(version.version)  # first wins
-    assert (project / "data/probe/mert-tiny/timbre").is_dir()
+    assert (project / "data/probe/mert-tiny/instrument").is_dir()
