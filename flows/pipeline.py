@@ -67,11 +67,23 @@ def pretrain_task(corpus: str, labels: str, out: str, params, nproc_per_node: in
                            max_steps=max_steps, on_change="fresh")  # fmt: skip
 
 
+PROBE_KEYS = ("task", "metric", "best_layer", "valid_score", "test_score", "ci_low", "ci_high", "n_test",
+              "majority_rate")  # fmt: skip
+
+
 @task(name="probe", retries=1)
 def probe_task(model: str, task_dir: str, out: str, params, track: bool) -> dict:
     r = stages.probe(model, task_dir, out, params, track=track)
-    keys = ("task", "metric", "best_layer", "valid_score", "test_score", "ci_low", "ci_high", "n_test", "majority_rate")
-    return {k: r.get(k) for k in keys} | {"model": model, "results": out}
+    return {k: r.get(k) for k in PROBE_KEYS} | {"model": model, "results": out}
+
+
+@task(name="track-probe", retries=2, retry_delay_seconds=5)  # tracking server hiccups are worth a retry
+def track_probe_task(out: str) -> str:
+    """Log a finished probe (its ``results.json``) to MLflow and tag the registered version it probed.
+
+    Run one at a time after the probes: the version's model card is rewritten from its tags at each call.
+    """
+    return stages.track_probe(out)
 
 
 @task(name="promote", retries=2, retry_delay_seconds=5)  # tracking server hiccups are worth a retry
@@ -122,6 +134,7 @@ def mert_pipeline(
     nproc_per_node: int = 1,
     max_steps: int | None = None,
     workdir: str | None = None,
+    probe_workers: int = 2,
 ) -> dict[str, Any]:
     """Run the whole pipeline with ``params_file`` (paths are relative to ``workdir``, default cwd).
 
@@ -135,6 +148,8 @@ def mert_pipeline(
         nproc_per_node: > 1 launches pretraining under torchrun (one process per GPU).
         max_steps: override the profiles' step count (smoke tests).
         workdir: project directory (deployments pass ``$MERT_PROJECT_DIR``).
+        probe_workers: probes computed at once (threads; each probe uses ``probe.threads`` intra-op threads). The
+            results do not depend on it; MLflow logging of the trained model's probes happens afterwards, in order.
     """
     log = get_run_logger()
     if workdir:
@@ -157,24 +172,54 @@ def mert_pipeline(
         model = (f"models:/{res['registered_model']}/{res['registered_version']}" if res.get("registered_version")
                  else res["export"])  # fmt: skip
         tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)
+        jobs = []
         for task_dir in tasks:
-            for spec in [model, *_baseline_specs(baselines, res["export"])]:
+            for spec in _pair_expensive(model, _baseline_specs(baselines, res["export"])):
                 label = f"random-init {profile}" if spec.startswith("random:") else spec
                 name = label.replace(":", "_").replace("/", "_").replace(" ", "_")
                 out = f"data/probe/{profile}/{Path(task_dir).name}/{name}.json"
-                track = spec == model and res.get("registered_version") is not None
-                row = probe_task(spec, task_dir, out, P["probe"], track) | {"profile": profile, "label": label}
+                row = {"profile": profile, "label": label}
                 if spec == model:
                     row |= {"label": profile, "role": "pretrained"}
                 elif spec.startswith("random:"):
                     row |= {"role": "random-init"}
-                results["probe"].append(row)
+                jobs.append((spec, task_dir, out, row))
+        rows = _run_probes(jobs, P["probe"], probe_workers)
+        results["probe"].extend(rows)
+        if res.get("registered_version"):  # one at a time: each call rewrites the version's model card
+            for spec, _, out, _ in jobs:
+                if spec == model:
+                    track_probe_task(out)
         if res.get("registered_version") and tasks:
             results.setdefault("promote", []).append(
                 promote_task(res["registered_model"], [Path(t).name for t in tasks]))  # fmt: skip
     if results["probe"]:
         results["probe_summary"] = _probe_table(results["probe"])
     return results
+
+
+def _pair_expensive(model: str, baselines: list[str]) -> list[str]:
+    """The trained model first, then its random-init twin (the two costly probes run side by side), then the rest."""
+    twins = [b for b in baselines if b.startswith("random:")]
+    return [model, *twins, *[b for b in baselines if b not in twins]]
+
+
+def _run_probes(jobs: list[tuple[str, str, str, dict]], params, workers: int) -> list[dict]:
+    """Run ``(spec, task_dir, out, row)`` probes untracked, ``workers`` at a time (waves, in order); rows in order.
+
+    A wave never holds one model twice, so two threads never fetch the same registered model at once.
+    """
+    rows: list[dict] = []
+    workers = max(1, workers)
+    for i in range(0, len(jobs), workers):
+        wave = jobs[i : i + workers]
+        if len(wave) == 1:
+            spec, task_dir, out, row = wave[0]
+            rows.append(probe_task(spec, task_dir, out, params, False) | row)
+            continue
+        futures = [probe_task.submit(spec, task_dir, out, params, False) for spec, task_dir, out, _ in wave]
+        rows.extend(f.result() | row for f, (_, _, _, row) in zip(futures, wave))
+    return rows
 
 
 def _demo_tasks(source: str) -> list[str]:
@@ -197,9 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--label-shards", type=int, default=1)
+    ap.add_argument("--probe-workers", type=int, default=2, help="probes computed at once (same results)")
     args = ap.parse_args(argv)
     r = mert_pipeline(params_file=args.params, profiles=args.profiles, baselines=args.baselines,
-                      max_steps=args.max_steps, label_shards=args.label_shards)  # fmt: skip
+                      max_steps=args.max_steps, label_shards=args.label_shards,
+                      probe_workers=args.probe_workers)  # fmt: skip
     print_report(r)
 
 

@@ -86,6 +86,17 @@ def probe(model: str, task: str | Path, out: str | Path, params=None, *, track: 
     return report
 
 
+def track_probe(out: str | Path) -> str:
+    """Log the finished probe whose report is ``out`` (``results.json``) as an MLflow run, as ``probe(track=True)``
+    does; returns the run id. For probes computed untracked (e.g. concurrently) and logged afterwards, in order.
+    """
+    import json
+
+    from mert.probe.tracking import log_probe
+
+    return log_probe(json.loads(Path(out).read_text()), out)
+
+
 def promote(name: str, tasks: list[str], *, min_delta: float = 0.0, dry_run: bool = False):
     """Move ``name``'s ``champion`` alias to its ``candidate`` if the candidate wins on ``tasks``' probe scores."""
     from mert.probe.tracking import promote as _promote
