@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +218,11 @@ def parse_source(source: str) -> list[Piece]:
 
     rel, _, number = source.partition("#")
     try:
-        parsed = converter.parse(corpus_root() / rel, **({"number": int(number)} if number else {}))
+        with warnings.catch_warnings(record=True) as notes:  # music21's encoding notes (overfull measures, ...)
+            warnings.simplefilter("always")
+            parsed = converter.parse(corpus_root() / rel, **({"number": int(number)} if number else {}))
+        for note in notes:  # kept in the debug log, off the console
+            log.debug("%s: %s", source, note.message)
     except Exception as e:  # music21 raises many types on bad input; keep the reason
         raise ScoreError(f"{source}: unparsable score ({type(e).__name__}: {e})") from e
     scores = list(parsed.scores) if isinstance(parsed, stream.Opus) else [parsed]
