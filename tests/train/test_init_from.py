@@ -4,6 +4,7 @@ heads / optimiser / schedule are fresh, and the parent is in the run's lineage a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +80,34 @@ def test_init_from_refuses_another_architecture_by_name(corpus_dir, tmp_path):
                 DistInfo()).setup()  # fmt: skip
     with pytest.raises(FileNotFoundError, match="--init-from"):
         pretrain(corpus_dir, LABELS, tmp_path / "run", PretrainParams(tracker="disk"), init_from=str(tmp_path / "no"))
+
+
+def test_cli_init_from_a_hub_id_in_the_cache(corpus_dir, tmp_path, monkeypatch):
+    """``mert pretrain ... --init-from ORG/NAME``: the parent comes from the Hugging Face cache (offline, its custom
+    code never run) through the same loader as ``MERT.from_pretrained``, and is recorded in the run's lineage."""
+    import dataclasses
+
+    import yaml
+
+    from mert.cli import main
+    from tests.model.test_hub import REPO, write_hub_cache
+
+    torch.manual_seed(7)
+    model = MERT(MERTConfig.from_name("mert-tiny")).eval()
+    sentinel = tmp_path / "custom-code-ran"
+    write_hub_cache(tmp_path / "hf", model, sentinel)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    tiny = json.loads(json.dumps(dataclasses.asdict(tiny_profile(max_steps=1)), default=list))
+    params["pretrain"].update(profile="mert-tiny", tracker="disk", register=False)
+    params["pretrain"]["profiles"]["mert-tiny"] = tiny
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    out = tmp_path / "run"
+    main(["pretrain", str(corpus_dir), LABELS, str(out), "--init-from", REPO, "--params", str(tmp_path / "params.yaml"),
+          "--device", "cpu"])  # fmt: skip
+    parent = json.loads((out / "run.json").read_text())["lineage"]["parent"]
+    assert parent["source"] == REPO and parent["weights_sha256"] == state_sha256(model.state_dict())
+    assert parent["path"] is None and not sentinel.exists()  # a hub id, not a local directory
