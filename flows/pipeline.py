@@ -205,18 +205,18 @@ def _pair_expensive(model: str, baselines: list[str]) -> list[str]:
 
 
 def _run_probes(jobs: list[tuple[str, str, str, dict]], params, workers: int) -> list[dict]:
-    """Run ``(spec, task_dir, out, row)`` probes untracked, ``workers`` at a time (waves, in order); rows in order.
+    """Run ``(spec, task_dir, out, row)`` probes untracked, in waves of at most ``workers``; rows in job order.
 
-    A wave never holds one model twice, so two threads never fetch the same registered model at once.
+    A wave never holds one model twice (a new wave starts instead), so two threads never fetch the same
+    registered model at once.
     """
+    waves: list[list[tuple[str, str, str, dict]]] = []
+    for job in jobs:
+        if not waves or len(waves[-1]) >= max(1, workers) or job[0] in {j[0] for j in waves[-1]}:
+            waves.append([])
+        waves[-1].append(job)
     rows: list[dict] = []
-    workers = max(1, workers)
-    for i in range(0, len(jobs), workers):
-        wave = jobs[i : i + workers]
-        if len(wave) == 1:
-            spec, task_dir, out, row = wave[0]
-            rows.append(probe_task(spec, task_dir, out, params, False) | row)
-            continue
+    for wave in waves:
         futures = [probe_task.submit(spec, task_dir, out, params, False) for spec, task_dir, out, _ in wave]
         rows.extend(f.result() | row for f, (_, _, _, row) in zip(futures, wave))
     return rows

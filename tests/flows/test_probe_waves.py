@@ -27,7 +27,7 @@ def test_pair_expensive_puts_the_twin_beside_the_model():
     assert order == ["models:/m/1", "random:data/pretrain/m/export", "mfcc", "chroma"]
 
 
-@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
 def test_waves_give_the_rows_of_one_at_a_time(monkeypatch, workers, prefect_server):
     running, seen, lock = set(), [], threading.Lock()
 
@@ -53,6 +53,4 @@ def test_waves_give_the_rows_of_one_at_a_time(monkeypatch, workers, prefect_serv
     rows = run()
     assert [(r["label"], r["task"]) for r in rows] == [(j[0], j[1]) for j in jobs]
     assert all(r["test_score"] == len(r["label"]) / 100 and r["results"] == j[2] for r, j in zip(rows, jobs))
-    assert max(seen) <= workers
-    if workers > 1:
-        assert max(seen) == workers  # they did run side by side
+    assert max(seen) == min(workers, 3)  # side by side, up to the 3 distinct models of a task (never one twice)
