@@ -37,7 +37,7 @@ def test_waves_give_the_rows_of_one_at_a_time(monkeypatch, workers, prefect_serv
             assert model not in running, "one model twice in a wave"
             running.add(model)
             seen.append(len(running))
-        time.sleep(0.05)
+        time.sleep(0.3)  # long enough for the wave's other threads to start
         with lock:
             running.discard(model)
         return {"task": task_dir, "test_score": len(model) / 100}
