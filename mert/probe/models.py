@@ -13,7 +13,9 @@ A spec is one of:
 * ``random:<preset>[@seed]``: a randomly initialised :class:`MERT` (seed 0 unless given); ``random:<HF dir>[@seed]``
   initialises the exact architecture (and input normalisation) of a trained model's ``config.json`` instead: the
   random-init twin of a model whose profile overrides its preset;
-* ``mfcc``, ``chroma``, ``cqt``: handcrafted 75 Hz frame features (the floor every table needs).
+* ``mfcc``, ``chroma``, ``cqt``: handcrafted 75 Hz frame features (the floor every table needs);
+* ``conv:<any MERT spec above>``: a diagnostic, not MARBLE's protocol: the MERT model's convolutional front-end
+  features (``MERTOutput.features``, before the feature projection and the positional convolution) as one layer.
 
 Every extractor maps ``(B, L)`` 24 kHz audio to ``(n_layers, B, T, D)`` features at 75 Hz.
 """
@@ -72,6 +74,26 @@ class MERTFeatures(FeatureModel):
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` -> ``(n_layers, B, T, D)`` with ``T = config.num_frames(L)``."""
         return torch.stack(self.model(wav, output_hidden_states=True).hidden_states)
+
+
+class ConvFeatures(FeatureModel):
+    """The conv front end's output of a :class:`MERTFeatures` model (``features``, ``(B, T, C)``) as one layer.
+
+    A diagnostic: does information a probe misses in ``hidden_states`` exist in the frame features before the
+    feature projection and the positional convolution (``hidden_states[0]`` already adds the latter)?
+    """
+
+    def __init__(self, inner: MERTFeatures):
+        super().__init__()
+        self.inner = inner
+        self.identity = {"kind": "conv-features", "of": inner.identity}
+        self.n_layers = 1
+        self.config = inner.config
+
+    @torch.no_grad()
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` -> ``(1, B, T, C)`` with ``C = config.conv_dim[-1]``."""
+        return self.inner.model(wav).features[None]
 
 
 class Handcrafted(FeatureModel):
@@ -250,6 +272,11 @@ def load_model(spec: str, do_normalize: bool | None = None) -> FeatureModel:
     """
     if spec in HANDCRAFTED:
         return Handcrafted(spec)
+    if spec.startswith("conv:"):
+        inner = load_model(spec[len("conv:") :], do_normalize)
+        if not isinstance(inner, MERTFeatures):
+            raise ModelSpecError(f"{spec}: conv: takes a MERT model spec, not {inner.identity.get('name', spec)!r}")
+        return ConvFeatures(inner)
     if spec.startswith("random:"):
         preset, _, seed = spec[len("random:") :].partition("@")
         try:

@@ -84,3 +84,16 @@ def test_unknown_registry_uri_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # never the cwd's mlflow.db
     with pytest.raises(ModelSpecError, match="models:/mert@candidate: cannot resolve in the registry"):
         load_model("models:/mert@candidate")
+
+
+def test_conv_spec_gives_the_front_end_features_as_one_layer():
+    """``conv:<spec>`` (a diagnostic): the conv front end's features of that very model, one layer, own identity."""
+    inner, conv = load_model("random:mert-tiny"), load_model("conv:random:mert-tiny")
+    wav = torch.randn(2, 24_000)
+    out = conv(wav)
+    assert conv.n_layers == 1 and out.shape == (1, 2, 74, inner.config.conv_dim[-1])
+    with torch.no_grad():  # the no-grad conv path streams in blocks: equal up to float rounding
+        assert torch.allclose(out[0], inner.model(wav).features, atol=1e-5)
+    assert conv.identity_hash != inner.identity_hash
+    with pytest.raises(ModelSpecError, match="conv: takes a MERT model spec"):
+        load_model("conv:mfcc")
