@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,25 @@ def corpus_dir(demo_dir: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus")
     ingest(demo_dir / "raw", out, IngestParams(workers=1), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """A migrated, empty MLflow sqlite DB (migration takes seconds: done once, copied per test)."""
+    import os
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(mlflow_template: Path, tmp_path: Path) -> str:
+    """A fresh sqlite tracking URI (a copy of the template) with artifacts beside it."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(mlflow_template, db)
+    return f"sqlite:///{db}"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,25 +14,6 @@ from mert.ablation.report import markdown, pretrain_summary, write_report
 
 N = 40  # test clips per task
 TASKS = {"key": "key_weighted", "pitch": "accuracy"}
-
-
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory) -> Path:
-    """A migrated, empty MLflow sqlite DB (migration takes seconds: done once, copied per test)."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def mlflow_uri(mlflow_template: Path, tmp_path: Path) -> str:
-    db = tmp_path / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
-    shutil.copy(mlflow_template, db)
-    return f"sqlite:///{db}"
 
 
 def _scores(name: str, task: str) -> np.ndarray:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -33,28 +31,6 @@ TINY = dataclasses.replace(
 
 def tiny_profile(**overrides) -> Profile:
     return dataclasses.replace(TINY, **overrides)
-
-
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory) -> Path:
-    """A migrated, empty MLflow sqlite DB (migration takes seconds: done once, copied per test)."""
-    import os
-
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def mlflow_uri(mlflow_template: Path, tmp_path: Path) -> str:
-    """A fresh sqlite tracking URI (a copy of the template) with artifacts beside it."""
-    db = tmp_path / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
-    shutil.copy(mlflow_template, db)
-    return f"sqlite:///{db}"
 
 
 @functools.lru_cache(maxsize=1)
