@@ -37,12 +37,13 @@ import numpy as np
 import torch
 
 from mert.data import shards as S
+from mert.data.synth import write_corpus_arrays
 from mert.teachers.base import student_frames
 from mert.teachers.labels import LabelStore
 from mert.train.data import CropSampler, PretrainLoader, loader_throughput
 from mert.train.labels import StoreLabels
 from mert.train.params import PROFILES
-from mert.utils.io import atomic_save_npy, sha256_json
+from mert.utils.io import sha256_json
 
 SR = 24_000
 
@@ -50,20 +51,13 @@ SR = 24_000
 def write_corpus(root: Path, n: int, seconds: float, seed: int = 0, per_shard: int = 8) -> S.Corpus:
     """``n`` noise clips of ``seconds`` x U(0.5, 1.5) (at least 3 s), ``per_shard`` per shard, ingested format."""
     rng = np.random.default_rng(seed)
-    S.write_corpus_meta(root, SR)
-    (root / S.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    clips = []
-    for s0 in range(0, n, per_shard):
-        name, parts, offset = S.shard_name(s0 // per_shard), [], 0
-        for i in range(s0, min(n, s0 + per_shard)):
+
+    def clips():
+        for i in range(n):
             length = int(max(3.0, seconds * rng.uniform(0.5, 1.5)) * SR)
-            x = (0.1 * rng.standard_normal(length)).astype(np.float32)
-            sha = sha256_json([seed, i, length])
-            clips.append(S.Clip(sha[:16], f"{i}.wav", sha, length / SR, SR, 1, "WAV", name, offset, length))
-            parts.append(x)
-            offset += length
-        atomic_save_npy(root / S.SHARD_DIR / name, np.concatenate(parts))
-    S.write_manifest(root, clips)
+            yield f"{i}.wav", (0.1 * rng.standard_normal(length)).astype(np.float32), sha256_json([seed, i, length])
+
+    write_corpus_arrays(root, clips(), SR, per_shard)
     return S.Corpus(root)
 
 

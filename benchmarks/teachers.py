@@ -38,7 +38,6 @@ whole wall time (process start and teacher build included) and over the labellin
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -52,12 +51,11 @@ import numpy as np
 import torch
 
 from mert.data import shards as S
-from mert.data.synth import KEYS, TIMBRES, music
+from mert.data.synth import KEYS, TIMBRES, music, write_corpus_arrays
 from mert.teachers.base import TargetExtractor, student_frames
 from mert.teachers.label_run import label_corpus, plan_windows
 from mert.teachers.labels import LabelStore
 from mert.teachers.rvq import build_rvq_teacher
-from mert.utils.io import atomic_save_npy
 
 SR = 24_000
 
@@ -65,21 +63,14 @@ SR = 24_000
 def write_corpus(root: Path, n: int, seconds: float, seed: int = 0) -> S.Corpus:
     """``n`` synthetic music clips of ``seconds`` +- 20%, two per shard, in the ingested format."""
     rng = np.random.default_rng(seed)
-    S.write_corpus_meta(root, SR)
-    (root / S.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    clips, parts = [], []
-    for i in range(n):
-        secs = seconds * rng.uniform(0.8, 1.2)
-        x = music(secs, SR, KEYS[i % len(KEYS)], 120.0, list(rng.choice(TIMBRES, 2)), rng, True)
-        x = (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
-        sha = hashlib.sha256(x.tobytes()).hexdigest()
-        shard = S.shard_name(i // 2)
-        off = sum(len(p) for p in parts) if i % 2 else 0
-        parts = [x] if i % 2 == 0 else [*parts, x]
-        clips.append(S.Clip(sha[:16], f"{i}.wav", sha, len(x) / SR, SR, 1, "WAV", shard, off, len(x)))
-        if i % 2 or i == n - 1:
-            atomic_save_npy(root / S.SHARD_DIR / shard, np.concatenate(parts))
-    S.write_manifest(root, clips)
+
+    def clips():
+        for i in range(n):
+            secs = seconds * rng.uniform(0.8, 1.2)
+            x = music(secs, SR, KEYS[i % len(KEYS)], 120.0, list(rng.choice(TIMBRES, 2)), rng, True)
+            yield f"{i}.wav", (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32), None
+
+    write_corpus_arrays(root, clips(), SR, per_shard=2)
     return S.Corpus(root)
 
 

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from mert.data import shards as S
 from mert.data.audiofile import write_audio
 from mert.data.demo import DemoParams
-from mert.utils.io import atomic_write_text
+from mert.utils.io import atomic_save_npy, atomic_write_text
 
 PITCH_CLASSES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 KEYS = [f"{pc} {mode}" for mode in ("major", "minor") for pc in PITCH_CLASSES]  # mir_eval key names
@@ -265,3 +268,41 @@ def generate(out: str | Path, params: DemoParams | None = None) -> Path:
     _csv(out / "raw_labels.csv", rows)
     generate_tasks(out, p, np.random.default_rng(p.seed + 1))
     return out
+
+
+def write_corpus_arrays(root: Path, items: Iterable[tuple[str, np.ndarray, str | None]], sample_rate: int,
+                 per_shard: int) -> list[S.Clip]:  # fmt: skip
+    """Write in-memory clips as a corpus in the ingested layout (synthetic corpora of tests and benchmarks).
+
+    Args:
+        root: corpus directory (created).
+        items: ``(source name, (n,) float32 mono audio, sha256 or None = the audio bytes' sha256)``, in order; the
+            clip id is the sha256's first 16 characters.
+        sample_rate: the audio's rate (``corpus.json``).
+        per_shard: clips per shard, back to back.
+
+    Returns:
+        The manifest's clips, in order.
+    """
+    (root / S.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    S.write_corpus_meta(root, sample_rate)
+    clips: list[S.Clip] = []
+    parts: list[np.ndarray] = []
+
+    def flush() -> None:
+        if parts:
+            atomic_save_npy(root / S.SHARD_DIR / clips[-1].shard, np.concatenate(parts))
+            parts.clear()
+
+    for i, (source, audio, sha) in enumerate(items):
+        if i % per_shard == 0:
+            flush()
+        sha = sha or hashlib.sha256(audio.tobytes()).hexdigest()
+        n = len(audio)
+        offset = sum(len(p) for p in parts)
+        clips.append(S.Clip(sha[:16], source, sha, n / sample_rate, sample_rate, 1, "WAV", S.shard_name(i // per_shard),
+                          offset, n))  # fmt: skip
+        parts.append(audio)
+    flush()
+    S.write_manifest(root, clips)
+    return clips

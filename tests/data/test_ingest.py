@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -243,3 +244,18 @@ def test_corpus_detects_a_shard_that_does_not_match_the_manifest(tmp_path: Path,
         S.Corpus(out)
     with pytest.raises(S.CorpusError, match="not an ingested corpus"):
         S.Corpus(tmp_path)
+
+
+def test_write_corpus_arrays_packs_clips_into_shards_a_corpus_reads_back(tmp_path):
+    from mert.data.shards import Corpus
+    from mert.data.synth import write_corpus_arrays
+
+    audio = [np.full(n, i, np.float32) for i, n in enumerate([100, 200, 300])]
+    clips = write_corpus_arrays(tmp_path, [(f"{i}.wav", a, "ab" * 32 if i == 2 else None) for i, a in enumerate(audio)],
+                         24_000, per_shard=2)  # fmt: skip
+    assert [(c.shard, c.offset, c.length) for c in clips] == [
+        ("shard-00000.npy", 0, 100), ("shard-00000.npy", 100, 200), ("shard-00001.npy", 0, 300)]  # fmt: skip
+    assert clips[2].id == "ab" * 8 and clips[0].sha256 == hashlib.sha256(audio[0].tobytes()).hexdigest()
+    corpus = Corpus(tmp_path)
+    for clip, a in zip(corpus, audio):
+        np.testing.assert_array_equal(corpus.audio(clip), a)

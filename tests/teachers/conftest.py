@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,8 @@ import pytest
 import torch
 
 from mert.data import shards as S
+from mert.data.synth import write_corpus_arrays
 from mert.teachers.base import TargetExtractor
-from mert.utils.io import atomic_save_npy
 
 SR = 24_000
 
@@ -34,22 +33,15 @@ def make_corpus(
 ) -> list[S.Clip]:
     """Write a corpus of noise+tone clips (or :func:`notes` when ``music``) of the given durations."""
     rng = np.random.default_rng(seed)
-    (root / S.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    S.write_corpus_meta(root, SR)
-    clips = []
-    for s0 in range(0, len(seconds), per_shard):
-        name, parts, offset = S.shard_name(s0 // per_shard), [], 0
-        for i in range(s0, min(s0 + per_shard, len(seconds))):
-            n = int(round(seconds[i] * SR))
+
+    def clips():
+        for i, secs in enumerate(seconds):
+            n = int(round(secs * SR))
             t = np.arange(n) / SR
             x = (0.3 * np.sin(2 * np.pi * rng.uniform(100, 1000) * t) + rng.normal(0, 0.05, n)).astype(np.float32)
-            x = notes(n, rng) if music else x
-            sha = hashlib.sha256(x.tobytes()).hexdigest()
-            clips.append(S.Clip(sha[:16], f"clip{i}.wav", sha, n / SR, SR, 1, "WAV", name, offset, n))
-            parts.append(x)
-            offset += n
-        atomic_save_npy(root / S.SHARD_DIR / name, np.concatenate(parts))
-    S.write_manifest(root, clips)
+            yield f"clip{i}.wav", notes(n, rng) if music else x, None
+
+    write_corpus_arrays(root, clips(), SR, per_shard)
     return S.read_manifest(root)
 
 
