@@ -68,21 +68,19 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run([MERT, "pretrain", corpus, labels, str(out / "run"), "--params", str(params_file),
                         "--device", "cpu"], cwd=out, stdout=log, stderr=subprocess.STDOUT, check=True)  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    pending: list[subprocess.Popen] = []
-    for task in args.task_names:
-        log = open(out / f"probe-{task}.log", "w")  # noqa: SIM115 (closed with the process)
-        pending.append(subprocess.Popen(
-            [MERT, "probe", "--model", str(out / "run" / "export"), "--task", str((args.tasks / task).resolve()),
-             "--out", str(out / "probe" / task / "results.json")], cwd=ROOT, env=env, stdout=log,
-            stderr=subprocess.STDOUT))  # fmt: skip
-        if len(pending) >= max(1, args.probe_workers):
-            for p in pending:
-                if p.wait():
-                    raise SystemExit(f"profile_variant: mert probe failed, see {out}/probe-*.log")
-            pending = []
-    for p in pending:
-        if p.wait():
-            raise SystemExit(f"profile_variant: mert probe failed, see {out}/probe-*.log")
+    workers = max(1, args.probe_workers)
+    for w in range(0, len(args.task_names), workers):  # waves of `workers` probes, one thread each
+        running = []
+        for task in args.task_names[w : w + workers]:
+            log = open(out / f"probe-{task}.log", "w")  # noqa: SIM115 (closed when its process ends, below)
+            cmd = [MERT, "probe", "--model", str(out / "run" / "export"), "--task", str((args.tasks / task).resolve()),
+                   "--out", str(out / "probe" / task / "results.json")]  # fmt: skip
+            running.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        for proc, log in running:
+            rc = proc.wait()
+            log.close()
+            if rc:
+                raise SystemExit(f"profile_variant: mert probe failed, see {log.name}")
     for task in args.task_names:
         r = json.loads((out / "probe" / task / "results.json").read_text())
         layers = {k: round(v, 3) for k, v in r["per_layer_test"].items()}
