@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from mert.probe.evidence import compare
+from mert.utils.io import atomic_write
 
 TASKS = ("key", "instrument", "pitch", "tempo")
 MARK = {"beats": "▲", "worse": "▼"}
@@ -81,11 +82,9 @@ def plot(table: dict, tasks: tuple[str, ...], path: Path, title: str) -> Path:
     axes[0].invert_yaxis()
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
