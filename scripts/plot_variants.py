@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mert.ablation.report import MARKS
 from mert.probe.evidence import compare
 from mert.utils.io import atomic_write
 
 TASKS = ("key", "instrument", "pitch", "tempo")
-MARK = {"beats": "▲", "worse": "▼"}
 
 
 def comparisons(rows: list[list[str]], baseline: str, tasks: tuple[str, ...], n_boot: int = 1000) -> dict:
@@ -52,7 +52,7 @@ def markdown(table: dict, tasks: tuple[str, ...]) -> str:
     """One row per model: ``diff [low, high] mark`` per task (empty where not probed)."""
     lines = ["| row | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     for name, cells in table.items():
-        vals = [f"{cells[t].interval()} {MARK.get(cells[t].verdict, '=')}" if t in cells else "" for t in tasks]
+        vals = [f"{cells[t].interval()} {MARKS[cells[t].verdict]}" if t in cells else "" for t in tasks]
         lines.append(f"| {name} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -74,7 +74,7 @@ def plot(table: dict, tasks: tuple[str, ...], path: Path, title: str) -> Path:
             color = {"beats": "tab:green", "worse": "tab:red"}.get(c.verdict, "tab:gray")
             if c.low is not None:
                 ax.plot([c.low, c.high], [y, y], color=color, lw=2)
-            ax.plot([c.diff], [y], "o", color=color, mfc=color if c.verdict in MARK else "white")
+            ax.plot([c.diff], [y], "o", color=color, mfc=color if MARKS[c.verdict] != "=" else "white")
         ax.axvline(0.0, color="black", lw=0.8)
         ax.set_title(task)
         ax.set_xlabel("score - random init")
