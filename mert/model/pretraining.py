@@ -78,6 +78,11 @@ class PretrainingConfig:
     ``mert teacher fit CORPUS OUT --teacher cqt`` measures it (and the std) on your corpus (corpus statistics)."""
     cqt_log_std: float = 1.24
     """Standard deviation of ``log1p(gain |C|)`` divided out in the ``log`` scale (see ``cqt_log_mean``)."""
+    cqt_layer: int | None = None
+    """Hidden state the CQT head reads. ``None``: the last one (the reference: ``mert_model.py`` predicts the CQT from
+    the final layer, like the labels). ``i``: ``hidden_states[i]`` of the encoder (0 = the projected features plus
+    the positional conv, ``num_hidden_layers`` = the last), a documented deviation: a lower layer is asked to hold the
+    spectral envelope while the layers above it are free for the label codes."""
     loss_weights: dict[str, float] = field(default_factory=_default_weights)
     """Weight per loss part; ``loss/{teacher}_ce`` weights each codebook's CE (their sum is the part)."""
     pred_nomask_weight: float = 0.0
@@ -123,6 +128,8 @@ class PretrainingConfig:
             raise ValueError("mixture_prob must be in [0, 1] and mask_prob in (0, 1]")
         if self.pred_nomask_weight < 0:
             raise ValueError(f"pred_nomask_weight must be >= 0, got {self.pred_nomask_weight}")
+        if self.cqt_layer is not None and (isinstance(self.cqt_layer, bool) or self.cqt_layer < 0):
+            raise ValueError(f"cqt_layer must be None or a hidden-state index >= 0, got {self.cqt_layer!r}")
 
     @property
     def label_key(self) -> str:
@@ -229,6 +236,9 @@ class MERTPretrainingModel(nn.Module):
         self.label_head = build_label_head(c.head, dim, c.n_codebooks, c.codebook_size, c.final_dim, c.logit_temp)
         self.cqt_head = CQTHead(dim, c.cqt_bins)
         self.cqt_fn = cqt_fn
+        n_layers = self.mert.config.num_hidden_layers
+        if c.cqt_layer is not None and c.cqt_layer > n_layers:
+            raise ValueError(f"cqt_layer {c.cqt_layer} is past the encoder's last hidden state ({n_layers})")
 
     @classmethod
     def from_name(cls, name: str, cqt_fn: CQTFn | None = None, **overrides: Any) -> MERTPretrainingModel:
@@ -286,15 +296,17 @@ class MERTPretrainingModel(nn.Module):
             mask = self.sample_mask(B, T, generator, wav.device)
         elif mask.shape != (B, T):
             raise ValueError(f"mask must be (batch, frames) = {(B, T)}, got {tuple(mask.shape)}")
-        out = self.mert(wav_in, mask=F.pad(mask, (0, frames - T)))  # unlabelled tail frames stay unmasked
-        x = out.last_hidden_state[:, :T][mask]  # (N, D) masked frames only
-        metrics = self._label_terms(x, labels[..., :T].transpose(1, 2)[mask])
+        states = cqt_target is not None and self.config.cqt_layer is not None
+        out = self.mert(wav_in, mask=F.pad(mask, (0, frames - T)), output_hidden_states=states)  # tail unmasked
+        h = out.last_hidden_state[:, :T]
+        h_cqt = out.hidden_states[self.config.cqt_layer][:, :T] if states else h  # (B, T, D)
+        metrics = self._label_terms(h[mask], labels[..., :T].transpose(1, 2)[mask])  # masked frames only
         metrics["loss/feature_pen"] = out.features[:, :T].float().pow(2).mean()
         if cqt_target is not None:
-            metrics["loss/cqt_mse"] = self._cqt_mse(x, cqt_target, mask)
+            metrics["loss/cqt_mse"] = self._cqt_mse(h_cqt[mask], cqt_target, mask)
         loss = self._total(metrics)
         if self.config.pred_nomask_weight > 0:
-            loss = loss + self._nomask_terms(out.last_hidden_state[:, :T], labels[..., :T], cqt_target, mask, metrics)
+            loss = loss + self._nomask_terms(h, labels[..., :T], cqt_target, mask, metrics, h_cqt)
         metrics = {k: v.detach() for k, v in metrics.items()}
         metrics.update(
             {"loss/total": loss.detach(), "mask_frac": mask.float().mean(), "mix_frac": mixed.float().mean()}
@@ -302,11 +314,13 @@ class MERTPretrainingModel(nn.Module):
         return PretrainingOutput(loss=loss, metrics=metrics, mask=mask, mixed=mixed)
 
     def _nomask_terms(self, h: torch.Tensor, labels: torch.Tensor, cqt_target: torch.Tensor | None,
-                      mask: torch.Tensor, metrics: dict[str, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+                      mask: torch.Tensor, metrics: dict[str, torch.Tensor],
+                      h_cqt: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """``pred_nomask_weight * (CE + w_cqt * MSE_cqt)`` on the unmasked frames; their parts go to ``metrics``.
 
         Args:
             h: (B, T, D) last hidden states.
+            h_cqt: (B, T, D) hidden states the CQT head reads (``cqt_layer``); None: ``h``.
             labels: (B, K, T) integer codes.
             cqt_target: (B, n_bins, T_cqt) clean CQT, or None (then no CQT term).
             mask: (B, T) masked frames (excluded here).
@@ -320,7 +334,7 @@ class MERTPretrainingModel(nn.Module):
         total = ce.sum() * c.loss_weights.get(c.label_key, 1.0)
         w_cqt = c.loss_weights.get("loss/cqt_mse", 0.0)
         if cqt_target is not None and w_cqt:
-            metrics["loss/cqt_mse_nomask"] = self._cqt_mse(h[keep], cqt_target, keep)
+            metrics["loss/cqt_mse_nomask"] = self._cqt_mse((h if h_cqt is None else h_cqt)[keep], cqt_target, keep)
             total = total + w_cqt * metrics["loss/cqt_mse_nomask"]
         return c.pred_nomask_weight * total
 
