@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README command 1: set up from nothing and run the main job: the whole pipeline (demo corpus -> ingest ->
-# label -> pretrain mert-small (params.yaml pretrain.profile) -> probe with baselines -> register/promote) on CPU, with embedded defaults:
+# label -> pretrain mert-small-lowcqt (params.yaml pretrain.profile) -> probe with baselines -> register/promote) on CPU, with embedded defaults:
 # a local ephemeral Prefect, MLflow in ./mlflow.db, everything else under ./data.
 #   scripts/demo.sh [flow options]     e.g. --max-steps 50   (see: .venv/bin/python -m flows.pipeline --help)
 set -euo pipefail
@@ -15,9 +15,9 @@ python -m flows.pipeline "$@"
 cat <<MSG
 
 Done in $(( $(date +%s) - start )) s. Where to look:
-  MLflow UI (runs, registry: mert-small @candidate/@champion, probe tags):
+  MLflow UI (runs, registry: mert-small-lowcqt @candidate/@champion, probe tags):
       .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1    -> http://127.0.0.1:5000
-  probe results and plots    data/probe/mert-small/<task>/*.json, *.png
+  probe results and plots    data/probe/mert-small-lowcqt/<task>/*.json, *.png
   ingested corpus            data/corpus/manifest.csv   (rejected files: data/corpus/rejects.csv)
   the same pipeline with DVC .venv/bin/dvc repro        (dvc metrics show, dvc plots show)
 MSG

@@ -188,6 +188,25 @@ PROFILES: dict[str, Profile] = {
 }
 """The built-in profiles; ``params.yaml`` repeats them explicitly (a test checks they agree)."""
 
+# The main job's profile (docs/results/variants.md, third round): mert-small plus MERT's musical teacher made to
+# shape the low layers. Documented deviations from the reference objective: the CQT target log-scaled and
+# standardised (``cqt_scale: log``), read from hidden state 1 (``cqt_layer: 1``) instead of the last layer, weighted
+# 10, and taken on the unmasked frames too (``pred_nomask_weight: 1.0``, which adds the unmasked frames' label CE as
+# well); 1800 steps. It beat its random init on key, pitch and tempo in both seeds tried (mert-small: key and pitch);
+# both lose instrument.
+PROFILES["mert-small-lowcqt"] = dataclasses.replace(
+    PROFILES["mert-small"],
+    objective_overrides=dict(
+        final_dim=64,
+        mixture_prob=0.0,
+        cqt_scale="log",
+        cqt_layer=1,
+        pred_nomask_weight=1.0,
+        loss_weights={"loss/rvq_ce": 1.0, "loss/cqt_mse": 10.0, "loss/feature_pen": 10.0},
+    ),
+    max_steps=1800,
+)
+
 
 @section("pretrain")
 @dataclass

@@ -6,8 +6,8 @@ from mert.train.params import PROFILES, PretrainParams, Profile
 
 def test_params_yaml_profiles_match_builtin_defaults():
     params = load_section("pretrain", "params.yaml")
-    assert params.profile == "mert-small"  # the main job's CPU profile
-    assert set(params.profiles) == {"mert-tiny", "mert-small", "mert-95m", "mert-330m"}
+    assert params.profile == "mert-small-lowcqt"  # the main job's CPU profile
+    assert set(params.profiles) == {"mert-tiny", "mert-small", "mert-small-lowcqt", "mert-95m", "mert-330m"}
     for name, prof in params.profiles.items():
         assert prof == PROFILES[name], name
 
@@ -38,3 +38,18 @@ def test_unknown_key_and_bad_values_error():
 def test_resolve_applies_overrides():
     p = PretrainParams(profile="mert-330m").resolve(max_steps=7, lr=None)
     assert p.max_steps == 7 and p.lr == 1.5e-3
+
+
+def test_main_job_profile_is_mert_small_with_the_documented_cqt_deviations():
+    small, low = PROFILES["mert-small"], PROFILES["mert-small-lowcqt"]
+    assert low.model_overrides == small.model_overrides and low.lr == small.lr and low.seed == small.seed
+    assert low.max_steps == 1800 and small.max_steps == 1200
+    extra = {k: v for k, v in low.objective_overrides.items() if small.objective_overrides.get(k) != v}
+    assert extra == {
+        "cqt_scale": "log",
+        "cqt_layer": 1,
+        "pred_nomask_weight": 1.0,
+        "loss_weights": {"loss/rvq_ce": 1.0, "loss/cqt_mse": 10.0, "loss/feature_pen": 10.0},
+    }
+    resolved = PretrainParams(profile="mert-small-lowcqt", profiles={"mert-small-lowcqt": low}).resolve()
+    assert resolved.objective_overrides["cqt_layer"] == 1
