@@ -89,7 +89,7 @@ class PretrainingConfig:
     """fairseq HuBERT's ``pred_nomask_weight``: weight of the same label CE and CQT terms on the UNMASKED frames,
     added to the masked-frame loss (``w * (CE_u + w_cqt * MSE_cqt_u)``). The reference (MERT, HuBERT) uses 0:
     masked frames only. A small student trained for minutes on a CPU keeps its frame features closer to the
-    teachers' information with it (a documented deviation of the ``mert-small`` profile)."""
+    teachers' information with it (a documented deviation of the ``mert-small-lowcqt`` profile, the main job's)."""
     mask_prob: float = 0.8
     """fairseq ``mask_prob``: span starts ~ mask_prob * T / mask_length (about 55-58% frames masked)."""
     mask_length: int = 5
