@@ -81,8 +81,10 @@ class PretrainingConfig:
     cqt_layer: int | None = None
     """Hidden state the CQT head reads. ``None``: the last one (the reference: ``mert_model.py`` predicts the CQT from
     the final layer, like the labels). ``i``: ``hidden_states[i]`` of the encoder (0 = the projected features plus
-    the positional conv, ``num_hidden_layers`` = the last), a documented deviation: a lower layer is asked to hold the
-    spectral envelope while the layers above it are free for the label codes."""
+    the positional conv, ``num_hidden_layers`` = the last; in the pre-LN layout an inner state is the un-normalised
+    residual stream, as in :class:`mert.model.encoder.MERTOutput`), a documented deviation: a lower layer is asked to
+    hold the frame's log-CQT while the layers above it are free for the label codes (``docs/results/variants.md``,
+    third round)."""
     loss_weights: dict[str, float] = field(default_factory=_default_weights)
     """Weight per loss part; ``loss/{teacher}_ce`` weights each codebook's CE (their sum is the part)."""
     pred_nomask_weight: float = 0.0
@@ -156,10 +158,16 @@ class PretrainingConfig:
         """Preset ``name`` with its heads sized for a label set: ``teacher`` (metric names), K and C.
 
         The preset's label cross-entropy weight moves to ``loss/{teacher}_ce``; everything else (CQT and
-        feature-penalty weights, masking, mixture) is the preset's. ``overrides`` apply last.
+        feature-penalty weights, masking, mixture) is the preset's. ``overrides`` apply last; in a ``loss_weights``
+        override the preset's label key (``loss/rvq_ce``, as profiles write it) means this teacher's too.
         """
         base = cls.from_name(name)
         weights = {(f"loss/{teacher}_ce" if k == base.label_key else k): v for k, v in base.loss_weights.items()}
+        if "loss_weights" in overrides:
+            given = overrides["loss_weights"]
+            overrides["loss_weights"] = {
+                (f"loss/{teacher}_ce" if k == base.label_key else k): v for k, v in given.items()
+            }
         fields = dict(teacher=teacher, n_codebooks=n_codebooks, codebook_size=codebook_size, loss_weights=weights)
         return dataclasses.replace(base, **{**fields, **overrides})
 

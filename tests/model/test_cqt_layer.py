@@ -56,3 +56,13 @@ def test_bad_cqt_layer_is_refused():
         PretrainingConfig(cqt_layer=-1)
     with pytest.raises(ValueError, match="past the encoder's last hidden state"):
         tiny(cqt_layer=99)
+
+
+def test_a_profile_weight_dict_follows_the_label_teacher():
+    """Profiles write the label weight as ``loss/rvq_ce`` (mert-small-lowcqt); a k-means store must still load."""
+    from mert.train.params import PROFILES
+
+    over = dict(PROFILES["mert-small-lowcqt"].objective_overrides)
+    cfg = PretrainingConfig.for_labels("mert-tiny", "kmeans", 1, 100, **over)
+    assert cfg.loss_weights == {"loss/kmeans_ce": 1.0, "loss/cqt_mse": 10.0, "loss/feature_pen": 10.0}
+    assert PretrainingConfig.for_labels("mert-tiny", "rvq", 8, 1024, **over).loss_weights["loss/rvq_ce"] == 1.0
