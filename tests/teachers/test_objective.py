@@ -35,8 +35,11 @@ def test_for_labels_sizes_the_heads_and_renames_the_label_loss():
     assert m.mixture_prob == 0.0 and m.label_key == "loss/melrvq_ce"
     with pytest.raises(ValueError, match="teacher must be one of"):
         PretrainingConfig.for_labels("mert-tiny", "vqvae", 8, 1024)
-    with pytest.raises(ValueError, match="unknown loss_weights"):
-        PretrainingConfig.for_labels("mert-tiny", "bestrq", 1, 64, loss_weights={"loss/rvq_ce": 1.0})
+    with pytest.raises(ValueError, match="unknown loss_weights"):  # another teacher's key is an error
+        PretrainingConfig.for_labels("mert-tiny", "bestrq", 1, 64, loss_weights={"loss/kmeans_ce": 1.0})
+    # the preset's own label key (as profiles write it) means this teacher's label CE
+    b = PretrainingConfig.for_labels("mert-tiny", "bestrq", 1, 64, loss_weights={"loss/rvq_ce": 2.0})
+    assert b.loss_weights == {"loss/bestrq_ce": 2.0}
 
 
 def test_metrics_carry_the_teacher_name():
