@@ -162,12 +162,13 @@ class PretrainingConfig:
         override the preset's label key (``loss/rvq_ce``, as profiles write it) means this teacher's too.
         """
         base = cls.from_name(name)
-        weights = {(f"loss/{teacher}_ce" if k == base.label_key else k): v for k, v in base.loss_weights.items()}
+
+        def rename(w: dict[str, float]) -> dict[str, float]:
+            return {(f"loss/{teacher}_ce" if k == base.label_key else k): v for k, v in w.items()}
+
+        weights = rename(base.loss_weights)
         if "loss_weights" in overrides:
-            given = overrides["loss_weights"]
-            overrides["loss_weights"] = {
-                (f"loss/{teacher}_ce" if k == base.label_key else k): v for k, v in given.items()
-            }
+            overrides["loss_weights"] = rename(overrides["loss_weights"])
         fields = dict(teacher=teacher, n_codebooks=n_codebooks, codebook_size=codebook_size, loss_weights=weights)
         return dataclasses.replace(base, **{**fields, **overrides})
 
@@ -323,12 +324,12 @@ class MERTPretrainingModel(nn.Module):
 
     def _nomask_terms(self, h: torch.Tensor, labels: torch.Tensor, cqt_target: torch.Tensor | None,
                       mask: torch.Tensor, metrics: dict[str, torch.Tensor],
-                      h_cqt: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                      h_cqt: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """``pred_nomask_weight * (CE + w_cqt * MSE_cqt)`` on the unmasked frames; their parts go to ``metrics``.
 
         Args:
             h: (B, T, D) last hidden states.
-            h_cqt: (B, T, D) hidden states the CQT head reads (``cqt_layer``); None: ``h``.
+            h_cqt: (B, T, D) hidden states the CQT head reads (``cqt_layer``; ``h`` when it is None).
             labels: (B, K, T) integer codes.
             cqt_target: (B, n_bins, T_cqt) clean CQT, or None (then no CQT term).
             mask: (B, T) masked frames (excluded here).
@@ -342,7 +343,7 @@ class MERTPretrainingModel(nn.Module):
         total = ce.sum() * c.loss_weights.get(c.label_key, 1.0)
         w_cqt = c.loss_weights.get("loss/cqt_mse", 0.0)
         if cqt_target is not None and w_cqt:
-            metrics["loss/cqt_mse_nomask"] = self._cqt_mse((h if h_cqt is None else h_cqt)[keep], cqt_target, keep)
+            metrics["loss/cqt_mse_nomask"] = self._cqt_mse(h_cqt[keep], cqt_target, keep)
             total = total + w_cqt * metrics["loss/cqt_mse_nomask"]
         return c.pred_nomask_weight * total
 
