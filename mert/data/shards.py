@@ -1,30 +1,38 @@
-"""The ingested corpus format: float32 ``.npy`` shards plus a human-readable manifest.
+"""The ingested corpus format: ``.npy`` audio shards, a human-readable manifest, and its columnar clip table.
 
 Layout of a corpus directory::
 
-    corpus.json          format version and sample rate
+    corpus.json          format version, sample rate, shard dtype (float32, or int16 PCM)
     manifest.csv         one row per ingested source file (the source of truth)
+    table/               the manifest as memory-mapped numpy columns (``mert.data.table``), rebuilt when stale
     rejects.csv          files that could not be ingested: path, reason
     summary.json         counts of the last ingestion run
-    shards/shard-00000.npy   1-D float32 audio, the clips of several files back to back
+    shards/shard-00000.npy   1-D audio (float32, or int16 = round(x * 32768)), clips back to back
 
 A clip is addressed by ``(shard, offset, length)`` in samples at ``corpus.json``'s rate.
 Shards are written atomically and only referenced by the manifest after they are complete,
-so a shard that a killed run left behind is never read (it is an orphan and is deleted by
-the next ingestion). Shards are memory-mapped on read, so random crops cost no copy of
-the whole file; long files are kept whole and cropped at training time.
+so a shard that a killed run left behind is never read (it is an orphan and is deleted or, if its
+``shard-*.csv`` row file was committed, adopted by the next ingestion).
+
+Reading scales with the corpus, not with the number of shards kept open: :class:`Corpus` opens the table (a
+stat and a few memory maps, no per-clip object), verifies every clip against its shard's ``.npy`` header (each
+file opened, its header read, closed), and memory-maps shards on demand in a bounded LRU cache
+(``max_open_shards``; each map holds one file descriptor), so any corpus reads under ``ulimit -n 256``.
+int16 shards are dequantised on read (``x = q / 32768``, exact in float32), so every reader sees float32.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import resource
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from mert.utils.io import atomic_write_csv, atomic_write_json, read_csv
+from mert.data.table import ClipList, ClipTable, TableError, manifest_stat, open_table
+from mert.utils.io import atomic_write_json, read_csv
 
 FORMAT_VERSION = 1
 SHARD_DIR = "shards"
@@ -32,6 +40,12 @@ MANIFEST = "manifest.csv"
 REJECTS = "rejects.csv"
 SUMMARY = "summary.json"
 CORPUS_META = "corpus.json"
+SHARD_DTYPES = ("float32", "int16")
+INT16_SCALE = 32768.0
+"""int16 shards hold ``clip(round(x * 32768), -32768, 32767)``; read back as ``q / 32768`` (libsndfile's read
+scale), so the error is at most 2^-16 and 1.0 reads as 32767 / 32768."""
+MAX_OPEN_SHARDS = 64
+"""Default bound of the shard memory-map cache (each map holds a file descriptor)."""
 
 
 class CorpusError(RuntimeError):
@@ -52,13 +66,15 @@ class Clip:
     shard: str  # file name under shards/
     offset: int  # first sample in the shard
     length: int  # samples at the corpus rate
+    size: int = -1  # the source file's size in bytes at ingestion (-1: not recorded)
+    mtime_ns: int = -1  # its modification time (ns); with size, the cheap "unchanged" check of a re-run
 
     @classmethod
     def from_row(cls, row: dict[str, str]) -> Clip:
         types = {f.name: f.type for f in fields(cls)}
         conv = {"int": int, "float": float, "str": str}
         try:
-            return cls(**{k: conv[types[k]](row[k]) for k in types})
+            return cls(**{k: conv[types[k]](row[k]) for k in types if k in row or k not in ("size", "mtime_ns")})
         except (KeyError, ValueError) as e:
             raise CorpusError(f"malformed manifest row {row}: {e}") from e
 
@@ -73,18 +89,75 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.npy"
 
 
+def shard_index(name: str) -> int:
+    """``shard-00042.npy`` -> 42."""
+    return int(name[6:-4])
+
+
 def write_manifest(root: Path, clips: list[Clip]) -> None:
-    """Atomically (re)write ``manifest.csv``, sorted by shard then offset."""
+    """Atomically (re)write ``manifest.csv``, sorted by shard then offset, and its table (``table/``)."""
     clips = sorted(clips, key=lambda c: (c.shard, c.offset))
-    atomic_write_csv(root / MANIFEST, (c.to_row() for c in clips), MANIFEST_FIELDS)
+    write_table(root, ClipTable.from_rows(clips, {}))
 
 
-def write_corpus_meta(root: Path, sample_rate: int) -> None:
-    atomic_write_json(root / CORPUS_META, {"format_version": FORMAT_VERSION, "sample_rate": sample_rate})
+def write_table(root: Path, table: ClipTable) -> None:
+    """Write ``table`` (rows in manifest order) as ``manifest.csv``, then as ``table/`` stamped with its stat."""
+    import pandas as pd
+
+    from mert.utils.io import atomic_write, sha256_file
+
+    df = pd.DataFrame({k: _column_for_csv(table, k) for k in MANIFEST_FIELDS})
+    with atomic_write(root / MANIFEST, "w") as f:
+        df.to_csv(f, index=False, lineterminator="\r\n")  # csv.DictWriter's dialect, as before
+    size, mtime = manifest_stat(root / MANIFEST)
+    table.manifest = {"size": size, "mtime_ns": mtime, "sha256": sha256_file(root / MANIFEST)}
+    table.save(root)
+
+
+def _column_for_csv(table: ClipTable, k: str):
+    c = table.columns
+    if k == "source":
+        return [table.source(i) for i in range(table.n)]
+    if k == "shard":
+        return np.asarray(table.shard_names, dtype=object)[np.asarray(c["shard"])] if table.n else []
+    if k == "format":
+        return np.asarray(table.format_names, dtype=object)[np.asarray(c["format"])] if table.n else []
+    if k in ("id", "sha256"):
+        return np.char.decode(np.asarray(c[k]), "ascii")
+    if k == "duration_s":
+        return [repr(float(x)) for x in c[k]]  # str(float) as csv.DictWriter wrote it
+    return np.asarray(c[k])
+
+
+def write_corpus_meta(root: Path, sample_rate: int, dtype: str = "float32") -> None:
+    if dtype not in SHARD_DTYPES:
+        raise ValueError(f"shard dtype {dtype!r} not in {SHARD_DTYPES}")
+    meta = {"format_version": FORMAT_VERSION, "sample_rate": sample_rate, "dtype": dtype}
+    atomic_write_json(root / CORPUS_META, meta)
 
 
 def read_manifest(root: Path) -> list[Clip]:
     return [Clip.from_row(r) for r in read_csv(root / MANIFEST)]
+
+
+def quantize_int16(x: np.ndarray) -> np.ndarray:
+    """(n,) float audio in [-1, 1] -> int16 PCM ``clip(round(x * 32768))`` (see :data:`INT16_SCALE`)."""
+    return np.clip(np.rint(np.asarray(x, np.float64) * INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def default_max_open_shards() -> int:
+    """:data:`MAX_OPEN_SHARDS`, or a quarter of the soft open-file limit if that is lower."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(1, min(MAX_OPEN_SHARDS, soft // 4)) if soft != resource.RLIM_INFINITY else MAX_OPEN_SHARDS
+
+
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` of a ``.npy`` file from its header (the file is closed again)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return shape, dtype
 
 
 class Corpus:
@@ -92,16 +165,23 @@ class Corpus:
 
     Args:
         root: corpus directory written by ``mert ingest``.
-        verify: check that every referenced shard exists and is long enough (cheap: reads headers).
+        verify: check that every referenced shard exists, has the corpus's dtype and is long enough (reads each
+            shard's ``.npy`` header once; no file stays open).
+        max_open_shards: bound of the shard memory-map cache (default :func:`default_max_open_shards`).
+
+    Attributes:
+        table: the :class:`mert.data.table.ClipTable` (numpy columns, manifest order).
+        clips: a :class:`mert.data.table.ClipList` of :class:`Clip` (made on access).
+        dtype: ``"float32"`` or ``"int16"``: how the shards store samples (reads always give float32).
 
     Example::
 
         corpus = Corpus("data/corpus")
-        for clip in corpus:
+        for clip in corpus.clips:
             wav = corpus.audio(clip, start=0, length=120_000)  # (samples,) float32, 24 kHz
     """
 
-    def __init__(self, root: str | Path, verify: bool = True):
+    def __init__(self, root: str | Path, verify: bool = True, max_open_shards: int | None = None):
         self.root = Path(root)
         meta_path = self.root / CORPUS_META
         if not meta_path.exists():
@@ -110,50 +190,130 @@ class Corpus:
         if meta.get("format_version") != FORMAT_VERSION:
             raise CorpusError(f"{meta_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
         self.sample_rate = int(meta["sample_rate"])
-        self.clips = read_manifest(self.root)
-        self._maps: dict[str, np.ndarray] = {}
+        self.dtype = str(meta.get("dtype", "float32"))
+        if self.dtype not in SHARD_DTYPES:
+            raise CorpusError(f"{meta_path}: shard dtype {self.dtype!r} not in {SHARD_DTYPES}")
+        try:
+            self.table = open_table(self.root)
+        except TableError as e:
+            raise CorpusError(str(e)) from e
+        self.clips = ClipList(self.table, _clip)
+        self.max_open_shards = max_open_shards or default_max_open_shards()
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
         if verify:
             self.verify()
 
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __iter__(self) -> Iterator[Clip]:
+    def __iter__(self):
         return iter(self.clips)
+
+    def __getstate__(self) -> dict:
+        """Pickled by path (a loader process reopens the table's maps; nothing per clip is copied)."""
+        return {"root": self.root, "max_open_shards": self.max_open_shards}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["root"], verify=False, max_open_shards=state["max_open_shards"])
+
+    @property
+    def shard_names(self) -> list[str]:
+        return self.table.shard_names
+
+    @property
+    def manifest_sha256(self) -> str:
+        """SHA-256 of ``manifest.csv`` (recorded in the table when it was written: no re-hash)."""
+        return self.table.manifest.get("sha256", "")
 
     @property
     def total_seconds(self) -> float:
-        return sum(c.length for c in self.clips) / self.sample_rate
+        return float(np.asarray(self.table.length).sum()) / self.sample_rate
 
     def shard(self, name: str) -> np.ndarray:
-        """Memory-mapped 1-D float32 shard."""
-        if name not in self._maps:
-            path = self.root / SHARD_DIR / name
-            try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            except FileNotFoundError as e:
-                raise CorpusError(f"shard {path} listed in the manifest is missing") from e
-            except ValueError as e:
-                raise CorpusError(f"shard {path} is not a valid .npy file: {e}") from e
-            if arr.dtype != np.float32 or arr.ndim != 1:
-                raise CorpusError(f"shard {path}: expected 1-D float32, got {arr.dtype} {arr.shape}")
-            self._maps[name] = arr
-        return self._maps[name]
+        """Memory-mapped 1-D shard in its stored dtype (float32 or int16); cached, at most ``max_open_shards``."""
+        arr = self._maps.get(name)
+        if arr is not None:
+            self._maps.move_to_end(name)
+            return arr
+        path = self.root / SHARD_DIR / name
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError as e:
+            raise CorpusError(f"shard {path} listed in the manifest is missing") from e
+        except ValueError as e:
+            raise CorpusError(f"shard {path} is not a valid .npy file: {e}") from e
+        except OSError as e:
+            raise CorpusError(f"shard {path} cannot be opened: {e.strerror or e}") from e
+        if arr.dtype != np.dtype(self.dtype) or arr.ndim != 1:
+            raise CorpusError(f"shard {path}: expected 1-D {self.dtype}, got {arr.dtype} {arr.shape}")
+        self._maps[name] = arr
+        while len(self._maps) > self.max_open_shards:
+            self._maps.popitem(last=False)  # its file descriptor closes with the last view of it
+        return arr
 
     def verify(self) -> None:
         """Check every clip lies inside its shard; raise :class:`CorpusError` naming the first bad one."""
-        for clip in self.clips:
-            n = self.shard(clip.shard).shape[0]
-            if clip.offset < 0 or clip.length <= 0 or clip.offset + clip.length > n:
-                raise CorpusError(
-                    f"clip {clip.id} ({clip.source}) spans [{clip.offset}, {clip.offset + clip.length}) "
-                    f"but shard {clip.shard} has {n} samples"
-                )
+        t = self.table
+        if not t.n:
+            return
+        off, length, shard = (np.asarray(t.columns[k]) for k in ("offset", "length", "shard"))
+        bad = np.flatnonzero((off < 0) | (length <= 0))
+        need = np.zeros(len(t.shard_names), np.int64)
+        np.maximum.at(need, shard, off + length)
+        for s, name in enumerate(t.shard_names):
+            n = self._shard_samples(name)
+            if need[s] > n:
+                rows = np.flatnonzero((shard == s) & (off + length > n))
+                bad = np.union1d(bad, rows)
+                break
+        if bad.size:
+            c = self.clips[int(bad[0])]
+            n = self._shard_samples(c.shard) if c.offset >= 0 and c.length > 0 else "?"
+            raise CorpusError(
+                f"clip {c.id} ({c.source}) spans [{c.offset}, {c.offset + c.length}) "
+                f"but shard {c.shard} has {n} samples"
+            )
+
+    def _shard_samples(self, name: str) -> int:
+        path = self.root / SHARD_DIR / name
+        try:
+            shape, dtype = read_npy_header(path)
+        except FileNotFoundError as e:
+            raise CorpusError(f"shard {path} listed in the manifest is missing") from e
+        except (OSError, ValueError) as e:
+            raise CorpusError(f"shard {path} is not a valid .npy file: {e}") from e
+        if dtype != np.dtype(self.dtype) or len(shape) != 1:
+            raise CorpusError(f"shard {path}: expected 1-D {self.dtype}, got {dtype} {shape}")
+        return int(shape[0])
+
+    def read(self, shard: str, first: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Samples ``[first, first + length)`` of a shard as float32 (dequantised from int16), into ``out``.
+
+        Args:
+            shard: shard file name.
+            first: first sample in the shard.
+            length: samples.
+            out: (length,) float32 destination (default: a new array).
+
+        Returns:
+            ``out``: (length,) float32, a copy (safe to modify).
+        """
+        seg = self.shard(shard)[first : first + length]
+        if out is None:
+            out = np.empty(seg.shape[0], np.float32)
+        if seg.dtype == np.int16:
+            np.multiply(seg, np.float32(1.0 / INT16_SCALE), out=out, casting="unsafe")
+        else:
+            out[...] = seg
+        return out
 
     def audio(self, clip: Clip, start: int = 0, length: int | None = None) -> np.ndarray:
         """Samples ``[start, start+length)`` of ``clip`` as a float32 array (a copy, safe to modify)."""
         length = clip.length - start if length is None else length
         if start < 0 or length < 0 or start + length > clip.length:
             raise ValueError(f"crop [{start}, {start + length}) outside clip {clip.id} of {clip.length} samples")
-        s = clip.offset + start
-        return np.array(self.shard(clip.shard)[s : s + length], dtype=np.float32)
+        return self.read(clip.shard, clip.offset + start, length)
+
+
+def _clip(row: dict) -> Clip:
+    return Clip(**row)
