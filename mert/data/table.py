@@ -132,6 +132,38 @@ class ClipTable:
         ends = np.cumsum(np.fromiter((len(s) for s in src), dtype=np.int64, count=n))
         return cls(cols, [str(s) for s in shard_names], [str(f) for f in format_names], blob, ends, manifest)
 
+    def sources(self, rows: np.ndarray | None = None) -> list[str]:
+        """The source paths of ``rows`` (default all), decoded from the blob in one pass."""
+        ends = np.asarray(self._ends)
+        starts = np.concatenate([[0], ends[:-1]]) if self.n else ends
+        blob = np.asarray(self._blob).tobytes()
+        rows = range(self.n) if rows is None else rows
+        return [blob[int(starts[i]) : int(ends[i])].decode("utf-8") for i in rows]
+
+    def select(self, rows: np.ndarray, new: Sequence[Any] = (), restat: dict[int, tuple[int, int]] | None = None,
+               ) -> ClipTable:  # fmt: skip
+        """A new table: ``rows`` of this one (their ``size``/``mtime_ns`` replaced by ``restat[row]``), then the
+        objects ``new`` (``Clip``-like), sorted into manifest order (shard name, offset). Column-wise: no per-row
+        object for the kept rows.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        data: dict[str, Any] = {}
+        for k in _FIELDS:
+            if k == "source":
+                old = self.sources(rows)
+            elif k == "shard":
+                old = np.asarray(self.shard_names, dtype=object)[np.asarray(self.columns["shard"])[rows]]
+            elif k == "format":
+                old = np.asarray(self.format_names, dtype=object)[np.asarray(self.columns["format"])[rows]]
+            else:
+                old = np.asarray(self.columns[k])[rows].copy()
+            data[k] = np.concatenate([np.asarray(old, dtype=object), np.asarray([getattr(c, k) for c in new], object)])
+        for r, (size, mtime) in (restat or {}).items():
+            j = int(np.searchsorted(rows, r))
+            data["size"][j], data["mtime_ns"][j] = size, mtime
+        order = np.lexsort((data["offset"].astype(np.int64), data["shard"].astype(str)))
+        return ClipTable._build({k: v[order] for k, v in data.items()}, {})
+
     # ------------------------------------------------------------------------------------------ disk
     def save(self, root: Path) -> None:
         """Write the columns under ``root/table/``, ``table.json`` last (a reader trusts only a complete table)."""
