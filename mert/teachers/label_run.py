@@ -1,17 +1,21 @@
-"""Label an ingested corpus with a teacher: batched, resumable, shardable by manifest range.
+"""Label an ingested corpus with a teacher: batched, resumable, shardable by whole audio shards.
 
-``label_corpus`` labels the clips of one manifest range (``start``/``stop`` rows, then block
-``shard_index`` of ``num_shards``), so processes, machines, torchrun ranks or a Prefect task
-runner can split a corpus with no coordination: each clip's labels are written (atomically) as
-soon as its last window is encoded, and clips that already have labels are skipped. Hence a
-second run computes nothing and a killed run resumes with the missing clips.
+``label_corpus`` labels the clips of one range of the corpus's audio shards (manifest rows ``start``/``stop``,
+rounded to whole shards: a shard belongs to the range that holds its first row; then contiguous block
+``shard_index`` of ``num_shards`` of those shards), so processes, machines, torchrun ranks or a Prefect task
+runner can split a corpus with no coordination: the labels of one audio shard are one pack
+(``mert.teachers.packs``) written by one process. The range is processed in groups of whole shards (about
+``group_seconds`` of audio to encode each, which bounds memory); a shard's pack is committed as soon as its
+last clip is encoded. Clips in committed packs are skipped ("cached"), so a second run computes nothing and a
+killed run resumes at the first uncommitted shard. (A per-clip store, written before packs, is still
+completed clip by clip in its own layout.)
 
 Windows: a clip with ``F = student_frames(L)`` label frames is split into
 ``n = ceil(F / chunk_frames)`` even chunks ``[a, b)`` of frames; chunk ``[a, b)`` is encoded from
 samples ``[320 (a - left), 320 (b + right) + 80)`` (clipped to the clip) and its frames
 ``a .. b - 1`` are kept, where ``left``/``right`` are the teacher's context frames. All window
 edges are multiples of 320 samples, so window frame ``j`` is clip frame ``start / 320 + j``.
-Windows are sorted by length and batched with right zero padding (harmless: kept frames never
+Windows are sorted by length within a group and batched with right zero padding (harmless: kept frames never
 read it). A background thread reads audio while the teacher encodes; a writer pool stores labels.
 """
 
@@ -34,10 +38,14 @@ import torch
 
 from mert.data.shards import Clip, Corpus, CorpusError
 from mert.teachers.base import HOP, WINDOW, TargetExtractor, TeacherError, student_frames
-from mert.teachers.labels import CLIP_DIR, LabelStore, UntrainableLabels
+from mert.teachers.labels import LabelStore, UntrainableLabels
+from mert.teachers.packs import ClipColumns, first_of_each
 from mert.utils.io import atomic_write_csv, remove_stale_tmp
 
 log = logging.getLogger(__name__)
+
+GROUP_SECONDS = 3600.0
+"""Audio encoded per group of whole shards (at least one shard): bounds the codes held in memory."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,37 @@ def select_range(
     n = hi - lo
     a, b = lo + shard_index * n // num_shards, lo + (shard_index + 1) * n // num_shards
     return clips[a:b], (a, b)
+
+
+def select_shards(
+    shard: np.ndarray, shard_index: int = 0, num_shards: int = 1, start: int | None = None, stop: int | None = None
+) -> tuple[int, int]:
+    """Manifest rows of block ``shard_index`` of ``num_shards`` of the audio shards of rows ``[start, stop)``.
+
+    Args:
+        shard: (N,) the manifest's shard column (manifest order: each shard's rows are contiguous).
+        shard_index: the block (in ``[0, num_shards)``).
+        num_shards: blocks: contiguous runs of whole shards, as even in shard count as possible.
+        start: first manifest row of the range; a shard belongs to the range that holds its first row.
+        stop: the row after the range.
+
+    Returns:
+        ``(first, last + 1)`` rows: whole shards. The blocks of ``0 .. num_shards - 1`` partition the range's
+        shards, and adjacent row ranges partition the corpus's shards.
+    """
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
+    shard = np.asarray(shard)
+    n = shard.shape[0]
+    lo, hi, _ = slice(start, stop).indices(n)
+    firsts = np.flatnonzero(np.r_[True, shard[1:] != shard[:-1]]) if n else np.zeros(0, np.int64)
+    inside = firsts[(firsts >= lo) & (firsts < max(lo, hi))]  # first rows of the range's shards
+    if not len(inside):
+        return lo, lo
+    after = firsts[firsts > inside[-1]]
+    bounds = np.r_[inside, after[0] if after.size else n]  # (S + 1,) the shards' first rows, then the last one's end
+    _, (a, b) = select_range(range(len(inside)), shard_index, num_shards)
+    return int(bounds[a]), int(bounds[b])
 
 
 def plan_windows(index: int, length: int, chunk: int, left: int, right: int) -> list[Window]:
@@ -198,27 +237,62 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-class _Assembler:
-    """Collects window codes per clip and hands each finished clip to the writer pool."""
+@dataclass
+class ShardJob:
+    """The clips of one audio shard to label and commit together.
 
-    def __init__(self, store: LabelStore, clips: list[Clip], windows: list[Window], sample_rate: int, pool):
-        self.store, self.clips, self.sample_rate, self.pool = store, clips, sample_rate, pool
+    Attributes:
+        shard: the audio shard's file name.
+        clips: packed: every clip of the shard; per-clip: the ones to write.
+        reasons: per clip, why it is rejected before encoding ("" when it is to be encoded).
+        todo: per clip, its index into the group's clips to encode (-1: rejected); set by :func:`_plan_group`.
+        first: per clip, whether it is the first of its (sha256, length) in the group (the others copy it).
+    """
+
+    shard: str
+    clips: list[Clip]
+    reasons: list[str]
+    todo: list[int] = field(default_factory=list)
+    first: list[bool] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return sum(c.length for c, r in zip(self.clips, self.reasons) if not r)
+
+
+class _Assembler:
+    """Collects window codes per clip; hands each shard whose clips are all done to the writer pool."""
+
+    def __init__(self, store: LabelStore, todo: list[Clip], jobs: list[ShardJob], windows: list[Window],
+                 sample_rate: int, pool):  # fmt: skip
+        self.store, self.todo, self.jobs, self.sample_rate, self.pool = store, todo, jobs, sample_rate, pool
         self.left = {}
         for w in windows:
             self.left[w.clip] = self.left.get(w.clip, 0) + 1
         self.parts: dict[int, np.ndarray] = {}
+        self.done: dict[int, np.ndarray] = {}
         self.rejected: dict[int, str] = {}
+        self.users: dict[int, list[int]] = {}
+        self.waiting: list[set[int]] = []
+        for j, job in enumerate(jobs):
+            self.waiting.append({t for t in job.todo if t >= 0})
+            for t in self.waiting[-1]:
+                self.users.setdefault(t, []).append(j)
         self.futures = []
+        for j, wait in enumerate(self.waiting):
+            if not wait:
+                self._submit(j)  # every clip rejected before encoding: commit at once
 
     def reject(self, i: int, reason: str) -> None:
         self.rejected[i] = reason
         self.parts.pop(i, None)
+        self._finish(i)
 
     def add(self, w: Window, codes: np.ndarray) -> bool:
-        """Place ``codes`` (K, F_window) of window ``w``; True when its clip was completed and queued."""
+        """Place ``codes`` (K, F_window) of window ``w``; True when its clip was completed."""
         if w.clip in self.rejected:
             return False
-        frames = student_frames(self.clips[w.clip].length)
+        frames = student_frames(self.todo[w.clip].length)
         part = self.parts.setdefault(w.clip, np.zeros((codes.shape[0], frames), np.uint16))
         if codes.shape[1] < w.keep + w.count:
             raise TeacherError(f"teacher returned {codes.shape[1]} frames for a window needing {w.keep + w.count}")
@@ -226,9 +300,22 @@ class _Assembler:
         self.left[w.clip] -= 1
         if self.left[w.clip]:
             return False
-        codes_done = self.parts.pop(w.clip)
-        self.futures.append(self.pool.submit(self.store.write, self.clips[w.clip], codes_done, self.sample_rate))
+        self.done[w.clip] = self.parts.pop(w.clip)
+        self._finish(w.clip)
         return True
+
+    def _finish(self, i: int) -> None:
+        for j in self.users.get(i, []):
+            self.waiting[j].discard(i)
+            if not self.waiting[j]:
+                self._submit(j)
+
+    def _submit(self, j: int) -> None:
+        job = self.jobs[j]
+        codes = [self.done.get(t) if t >= 0 else None for t in job.todo]
+        reasons = [r or self.rejected.get(t, "") for r, t in zip(job.reasons, job.todo)]
+        args = (job.shard, job.clips, codes, reasons, self.sample_rate)
+        self.futures.append(self.pool.submit(self.store.write_shard, *args))
 
     def drain(self) -> None:
         """Wait for the queued writes; re-raise the first write error."""
@@ -237,18 +324,80 @@ class _Assembler:
         self.futures.clear()
 
 
-def _split_todo(store: LabelStore, clips: list[Clip], s: LabelSummary) -> tuple[list[Clip], list[tuple[Clip, str]]]:
-    """Clips still to label (one per cache key), and the too-short ones; counts the cached ones."""
-    todo, rejects, seen = [], [], set()
-    for clip in clips:
-        if store.has(clip) or (clip.sha256, clip.length) in seen:
-            s.cached += 1
-        elif student_frames(clip.length) < 1:
-            rejects.append((clip, f"too short: {clip.length} samples < {WINDOW} (no student frame)"))
-        else:
-            seen.add((clip.sha256, clip.length))
-            todo.append(clip)
-    return todo, rejects
+def _split_todo(store: LabelStore, corpus: Corpus, cols: ClipColumns, rows: tuple[int, int], s: LabelSummary
+                ) -> tuple[list[ShardJob], list[tuple[Clip, str]]]:  # fmt: skip
+    """The shards of ``rows`` still to label, and the clips rejected in committed packs; counts the cached ones.
+
+    Bulk: the store's records are read once and matched with ``cols`` (the range's columns) vectorised; Clip
+    objects are made only for the clips to label or report.
+
+    Args:
+        store: the label store.
+        corpus: the corpus (its ``clips`` give the Clip objects).
+        cols: the columns of manifest rows ``rows``.
+        rows: ``(first, last + 1)`` manifest rows (whole shards).
+        s: the summary; ``cached`` is counted here.
+
+    Returns:
+        ``(jobs, rejects)``: one :class:`ShardJob` per shard to write, in manifest order, and the clips that
+        committed packs record as rejected, with their reasons.
+    """
+    m = store.match(cols)
+    n = len(cols)
+    firsts = np.flatnonzero(np.r_[True, cols.shard[1:] != cols.shard[:-1]]) if n else np.zeros(0, np.int64)
+    if store.packed:  # a shard is done iff every clip of it has an entry (labelled or rejected)
+        done = np.repeat(np.minimum.reduceat(np.abs(m.state), firsts) if n else np.zeros(0, np.int8),
+                         np.diff(np.r_[firsts, n])).astype(bool)  # fmt: skip
+        write = np.flatnonzero(~done)
+    else:  # a clip is done iff labelled; one clip per content key is written
+        done = m.state == 1
+        write = first_of_each(cols, np.flatnonzero(~done))
+    s.cached += int((done & (m.state == 1)).sum()) + (0 if store.packed else int((~done).sum()) - len(write))
+    rejects = [(corpus.clips[rows[0] + int(i)], m.reason(int(i))) for i in np.flatnonzero(done & (m.state == -1))]
+    return _jobs(corpus, rows[0], cols, write), rejects
+
+
+def _jobs(corpus: Corpus, row0: int, cols: ClipColumns, write: np.ndarray) -> list[ShardJob]:
+    """:class:`ShardJob` per shard of the range rows ``write`` (relative to ``row0``) fall in."""
+    jobs: list[ShardJob] = []
+    for i in write.tolist():
+        clip = corpus.clips[row0 + i]
+        if not jobs or jobs[-1].shard != clip.shard:
+            jobs.append(ShardJob(clip.shard, [], []))
+        short = cols.length[i] < WINDOW
+        jobs[-1].clips.append(clip)
+        jobs[-1].reasons.append(f"too short: {clip.length} samples < {WINDOW} (no student frame)" if short else "")
+    return jobs
+
+
+def _groups(jobs: list[ShardJob], max_samples: float) -> Iterator[list[ShardJob]]:
+    """Consecutive jobs with at most ``max_samples`` samples to encode each (at least one job)."""
+    group, n = [], 0
+    for job in jobs:
+        if group and n + job.samples > max_samples:
+            yield group
+            group, n = [], 0
+        group.append(job)
+        n += job.samples
+    if group:
+        yield group
+
+
+def _plan_group(group: list[ShardJob]) -> list[Clip]:
+    """The distinct clips to encode for ``group`` (one per (sha256, length)); sets each job's ``todo``/``first``."""
+    todo: list[Clip] = []
+    index: dict[tuple[str, int], int] = {}
+    for job in group:
+        job.todo, job.first = [], []
+        for clip, reason in zip(job.clips, job.reasons):
+            key = (clip.sha256, clip.length)
+            new = not reason and key not in index
+            if new:
+                index[key] = len(todo)
+                todo.append(clip)
+            job.todo.append(-1 if reason else index[key])
+            job.first.append(new)
+    return todo
 
 
 def _write_rejects(root: Path, rows: tuple[int, int], whole: bool, rejects: list[tuple[Clip, str]]) -> Path:
@@ -273,14 +422,30 @@ def label_corpus(
     progress: bool = True,
     usage: bool = True,
     allow_single_code: bool = False,
+    group_seconds: float = GROUP_SECONDS,
 ) -> LabelSummary:
-    """Label manifest rows ``[start, stop)``, block ``shard_index`` of ``num_shards``, into ``labels_dir``.
+    """Label the audio shards of manifest rows ``[start, stop)``, block ``shard_index`` of ``num_shards``.
+
+    Args:
+        corpus_dir: the ingested corpus.
+        labels_dir: the labels directory (the store is ``labels_dir/<teacher key>``; new stores are packed).
+        teacher: the teacher.
+        batch_size: windows per forward pass.
+        shard_index: this process's block of the range's shards (:func:`select_shards`).
+        num_shards: blocks.
+        start: first manifest row of the range (rounded to whole audio shards).
+        stop: the row after the range.
+        device: ``auto``, ``cpu``, ``cuda[:N]``.
+        progress: a progress bar.
+        usage: compute and write the store's code usage afterwards.
+        allow_single_code: see Raises.
+        group_seconds: audio encoded per group of shards (memory bound; windows are length-sorted per group).
 
     Returns:
         A :class:`LabelSummary`. Unreadable / truncated / non-finite audio and clips too short for
-        one student frame are listed in the range's ``label_rejects*.csv`` and skipped. With ``usage``, the
-        code usage of every clip of the corpus labelled in the store so far (all ranges) is computed after the
-        run (not counted in ``wall_seconds``) and written to the store's ``usage.json``.
+        one student frame are listed in the range's ``label_rejects*.csv`` and skipped (recorded as absent in
+        their pack). With ``usage``, the code usage of every clip of the corpus labelled in the store so far (all
+        ranges) is computed after the run (not counted in ``wall_seconds``) and written to ``usage.json``.
 
     Raises:
         UntrainableLabels: with ``usage``, a codebook uses a single code (the labels stay on disk, so a rerun
@@ -291,26 +456,21 @@ def label_corpus(
     corpus = Corpus(corpus_dir, verify=False)  # a bad shard rejects its clips, not the run
     if corpus.sample_rate != teacher.sample_rate:
         raise TeacherError(f"corpus at {corpus.sample_rate} Hz but teacher {teacher.name} needs {teacher.sample_rate}")
-    clips, rows = select_range(corpus.clips, shard_index, num_shards, start, stop)
+    cols = ClipColumns.of(corpus)
+    rows = select_shards(cols.shard, shard_index, num_shards, start, stop)
     store = LabelStore.create(labels_dir, teacher.key, teacher.identity())
-    for d in (store.root / CLIP_DIR).glob("*"):
+    for d in store.tmp_dirs():
         remove_stale_tmp(d)
-    s = LabelSummary(teacher=teacher.key, store=str(store.root), rows=rows, clips=len(clips))
-    todo, rejects = _split_todo(store, clips, s)
+    s = LabelSummary(teacher=teacher.key, store=str(store.root), rows=rows, clips=rows[1] - rows[0])
+    jobs, rejects = _split_todo(store, corpus, _rows(cols, *rows), rows, s)
     dev = resolve_device(device)
     teacher.to(dev)
-    windows = [w for i, c in enumerate(todo) for w in _plan(i, c.length, teacher)]
-    windows.sort(key=lambda w: -w.length)  # similar lengths per batch: little padding
-    s.windows = len(windows)
-    with ThreadPoolExecutor(2, thread_name_prefix="label-write") as pool:
-        asm = _Assembler(store, todo, windows, corpus.sample_rate, pool)
-        try:
-            _encode_all(corpus, todo, windows, teacher, asm, s, batch_size, dev, progress)
-        finally:
-            asm.drain()
-    rejects += [(todo[i], r) for i, r in asm.rejected.items()]
-    s.computed = len(todo) - len(asm.rejected)
-    s.computed_seconds = sum(c.length for i, c in enumerate(todo) if i not in asm.rejected) / corpus.sample_rate
+    from tqdm import tqdm
+
+    total = round(sum(j.samples for j in jobs) / corpus.sample_rate, 1)
+    with tqdm(total=total, unit="s", desc=f"label {teacher.name}", disable=not progress or not jobs) as bar:
+        for group in _groups(jobs, group_seconds * corpus.sample_rate):
+            rejects += _label_group(corpus, store, group, teacher, s, batch_size, dev, bar)
     s.rejected = len(rejects)
     for _, reason in rejects:
         key = reason.split(":")[0]
@@ -319,15 +479,50 @@ def label_corpus(
     s.rejects_csv = str(_write_rejects(store.root, rows, whole, rejects))
     s.wall_seconds = time.perf_counter() - t0
     if usage:
-        t1 = time.perf_counter()
-        s.usage = store.write_usage(corpus.clips, teacher.codebook_size, single_code_allowed=allow_single_code)
-        s.usage_seconds = time.perf_counter() - t1
-        try:
-            check_code_usage(s.usage, allow_single_code, "mert label")
-        except UntrainableLabels as e:
-            e.summary = s  # what was labelled, for the caller's report
-            raise
+        _write_usage(store, corpus, teacher, s, allow_single_code)
     return s
+
+
+def _rows(cols: ClipColumns, a: int, b: int) -> ClipColumns:
+    return ClipColumns(cols.shard_names, cols.shard[a:b], cols.offset[a:b], cols.length[a:b], cols.sha256[a:b])
+
+
+def _label_group(corpus, store, group: list[ShardJob], teacher, s: LabelSummary, batch_size, dev, bar
+                 ) -> list[tuple[Clip, str]]:  # fmt: skip
+    """Encode and commit the shards of ``group``; count their clips into ``s``; return their rejected clips."""
+    todo = _plan_group(group)
+    windows = [w for i, c in enumerate(todo) for w in _plan(i, c.length, teacher)]
+    windows.sort(key=lambda w: -w.length)  # similar lengths per batch: little padding
+    s.windows += len(windows)
+    with ThreadPoolExecutor(2, thread_name_prefix="label-write") as pool:
+        asm = _Assembler(store, todo, group, windows, corpus.sample_rate, pool)
+        try:
+            _encode_all(corpus, todo, windows, teacher, asm, s, batch_size, dev, bar)
+        finally:
+            asm.drain()
+    rejects = []
+    for job in group:
+        for clip, reason, t, first in zip(job.clips, job.reasons, job.todo, job.first):
+            why = reason or asm.rejected.get(t, "")
+            if why:
+                rejects.append((clip, why))
+            elif first:
+                s.computed += 1
+                s.computed_seconds += clip.length / corpus.sample_rate
+            else:
+                s.cached += 1  # the same audio elsewhere in the group: computed once, stored twice
+    return rejects
+
+
+def _write_usage(store: LabelStore, corpus: Corpus, teacher, s: LabelSummary, allow_single_code: bool) -> None:
+    t1 = time.perf_counter()
+    s.usage = store.write_usage(corpus, teacher.codebook_size, single_code_allowed=allow_single_code)
+    s.usage_seconds = time.perf_counter() - t1
+    try:
+        check_code_usage(s.usage, allow_single_code, "mert label")
+    except UntrainableLabels as e:
+        e.summary = s  # what was labelled, for the caller's report
+        raise
 
 
 def single_code_codebooks(usage: dict) -> list[str]:
@@ -424,13 +619,9 @@ def _plan(i: int, length: int, teacher: TargetExtractor) -> list[Window]:
     return plan_windows(i, length, teacher.chunk_frames, teacher.left_context_frames, teacher.right_context_frames)
 
 
-def _encode_all(corpus, todo, windows, teacher, asm: _Assembler, s: LabelSummary, batch_size, dev, progress) -> None:
-    from tqdm import tqdm
-
-    total = sum(c.length for c in todo) / corpus.sample_rate
-    bar = tqdm(total=round(total, 1), unit="s", desc=f"label {teacher.name}", disable=not progress or not todo)
+def _encode_all(corpus, todo, windows, teacher, asm: _Assembler, s: LabelSummary, batch_size, dev, bar) -> None:
     events = _prefetch(_batches(corpus, todo, windows, batch_size, pin=dev.type == "cuda"))
-    with bar, contextlib.closing(events):
+    with contextlib.closing(events):
         for ev in events:
             if ev[0] == "reject":
                 asm.reject(ev[1], ev[2])

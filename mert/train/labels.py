@@ -143,8 +143,9 @@ def check_store(store, corpus: Corpus) -> dict[str, Any]:
     """Refuse a label store that cannot teach; return its code usage over the corpus's labelled clips.
 
     The usage comes from the store's ``usage.json`` (written by ``mert label``) when it counts exactly the clips
-    of ``corpus`` labelled in the store (one stat per clip) and the store's codebook size; otherwise it is
-    recomputed here by loading every labelled clip, which also checks every code against the codebook size.
+    of ``corpus`` labelled in the store (one bulk match of the store against the corpus's columns: a read per
+    pack record, no file per clip) and the store's codebook size; otherwise it is recomputed here from every
+    labelled clip, which also checks every code against the codebook size.
 
     Args:
         store: the ``LabelStore``.
@@ -161,22 +162,13 @@ def check_store(store, corpus: Corpus) -> dict[str, Any]:
     from mert.teachers.label_run import check_code_usage
 
     saved = store.read_usage() or {}
-    labelled = {(c.sha256, c.length): c for c in corpus.clips if store.has(c)}
-    fresh = saved.get("clips") == len(labelled) and saved.get("codebook_size") == store.codebook_size
-    usage = saved if fresh and saved.get("codebooks") else _recount(store, list(labelled.values()))
+    fresh = saved.get("codebook_size") == store.codebook_size and saved.get("clips") == store.labelled_keys(corpus)
+    usage = saved if fresh and saved.get("codebooks") else _recount(store, corpus)
     check_code_usage(usage, bool(saved.get("single_code_allowed")), "mert pretrain")
     return usage
 
 
-def _recount(store, clips: list[Clip]) -> dict[str, Any]:
-    """``LabelStore.usage`` over ``clips``, but every load error (out-of-range codes included) is raised."""
-    from mert.teachers.usage import code_histograms, usage_from_histograms
-
-    log.info("label store %s: counting the codes of %d clips (no current usage.json)", store.key, len(clips))
-    out: dict[str, Any] = {"teacher": store.key, "clips": len(clips), "codebook_size": store.codebook_size}
-    out["frames"] = 0
-    if clips:
-        hist = code_histograms((store.load(c) for c in clips), store.codebook_size)  # (K, C); one clip at a time
-        out["frames"] = int(hist[0].sum())
-        out["codebooks"] = {str(u.codebook): u.as_dict() for u in usage_from_histograms(hist)}
-    return out
+def _recount(store, corpus: Corpus) -> dict[str, Any]:
+    """``LabelStore.usage`` over ``corpus``, but every load error (out-of-range codes included) is raised."""
+    log.info("label store %s: counting the codes of the corpus's labelled clips (no current usage.json)", store.key)
+    return store.usage(corpus, store.codebook_size, strict=True)

@@ -11,7 +11,7 @@ from mert.data import shards as S
 from mert.params import ParamsError, load_section
 from mert.teachers.base import TeacherError, student_frames
 from mert.teachers.label_run import label_array, label_corpus
-from mert.teachers.labels import LabelError, LabelStore
+from mert.teachers.labels import PACKED, PER_CLIP, LabelError, LabelStore
 from mert.utils.io import atomic_save_npy, read_csv
 from tests.teachers.conftest import EnergyTeacher, make_corpus
 
@@ -75,11 +75,16 @@ def test_long_clips_are_chunked_and_reassembled_exactly(corpus_dir, tmp_path):
         np.testing.assert_array_equal(label_array(t, corpus.audio(clip), 4), whole(t, corpus, clip))
 
 
-def test_resume_after_kill_computes_only_the_missing_clips(corpus_dir, tmp_path):
+@pytest.mark.parametrize("layout", [PACKED, PER_CLIP])
+def test_resume_after_kill_computes_only_the_missing_clips(corpus_dir, tmp_path, layout):
+    """One shard per group: the first shard (2 clips) is committed before the kill, then the run resumes."""
+    if layout == PER_CLIP:
+        LabelStore.create(tmp_path / "labels", EnergyTeacher().key, EnergyTeacher().identity(), layout=PER_CLIP)
     with pytest.raises(KeyboardInterrupt):
-        run(corpus_dir, tmp_path / "labels", EnergyTeacher(fail_after=2), batch_size=1)
+        run(corpus_dir, tmp_path / "labels", EnergyTeacher(fail_after=2), batch_size=1, group_seconds=1e-6)
     corpus = S.Corpus(corpus_dir)
     store = LabelStore.open(tmp_path / "labels")
+    assert store.layout == layout
     assert sum(store.has(c) for c in corpus) == 2
     assert not list(store.root.rglob(".tmp-*"))
     t = EnergyTeacher()
@@ -109,6 +114,8 @@ def test_corrupt_shard_and_short_clip_are_reported_and_skipped(tmp_path):
 
 
 def test_mismatched_labels_raise_on_load(corpus_dir, tmp_path):
+    """The per-clip layout (packs: tests/teachers/test_label_packs.py)."""
+    LabelStore.create(tmp_path / "labels", EnergyTeacher().key, EnergyTeacher().identity(), layout=PER_CLIP)
     run(corpus_dir, tmp_path / "labels", EnergyTeacher())
     corpus = S.Corpus(corpus_dir)
     store = LabelStore.open(tmp_path / "labels")
@@ -171,19 +178,20 @@ def test_label_params_section(tmp_path):
 
 
 def label_files(labels_dir: Path) -> dict[str, bytes]:
-    """Every label array and record of a labels directory, by path relative to it."""
-    return {str(p.relative_to(labels_dir)): p.read_bytes() for p in sorted(labels_dir.rglob("clips/*/*"))}
+    """Every label array and record of a labels directory (packs, or per-clip files), by path relative to it."""
+    found = sorted([*labels_dir.rglob("packs/*"), *labels_dir.rglob("clips/*/*")])
+    return {str(p.relative_to(labels_dir)): p.read_bytes() for p in found}
 
 
 def test_two_ranges_label_exactly_like_one_run(tmp_path, rvq_teacher):
-    """Manifest blocks 0 and 1 of 2 (other batches, other padding) give the labels of one run over the corpus, byte
+    """Shard blocks 0 and 1 of 2 (other batches, other padding) give the labels of one run over the corpus, byte
     for byte, with the real teacher (seeded random-projection EnCodec)."""
     make_corpus(tmp_path / "corpus", [1.0, 2.5, 0.6, 1.7, 3.2, 1.1, 0.9], music=True)
     whole = run(tmp_path / "corpus", tmp_path / "one", rvq_teacher, batch_size=3)
     parts = [run(tmp_path / "corpus", tmp_path / "two", rvq_teacher, batch_size=3, shard_index=i, num_shards=2)
              for i in range(2)]  # fmt: skip
     assert whole.computed == sum(p.computed for p in parts) == 7
-    assert label_files(tmp_path / "two") == label_files(tmp_path / "one") and len(label_files(tmp_path / "one")) == 14
+    assert label_files(tmp_path / "two") == label_files(tmp_path / "one") and len(label_files(tmp_path / "one")) == 8
     assert LabelStore.open(tmp_path / "two").read_usage() == LabelStore.open(tmp_path / "one").read_usage()
 
 
@@ -215,9 +223,9 @@ def test_two_ranks_write_exactly_the_labels_of_one(tmp_path):
     ranks = [label(tmp_path / "two", RANK=str(r), WORLD_SIZE="2") for r in range(2)]
     one = done(label(tmp_path / "one"))
     by_rank = [done(p) for p in ranks]
-    assert [s["rows"] for s in by_rank] == [[0, 3], [3, 7]] and sum(s["computed"] for s in by_rank) == 7
+    assert [s["rows"] for s in by_rank] == [[0, 4], [4, 7]] and sum(s["computed"] for s in by_rank) == 7  # 2 + 2 shards
     final = done(label(tmp_path / "two"))  # after the ranks: nothing to compute, usage over every clip
     assert (one["computed"], final["computed"], final["cached"]) == (7, 0, 7)
-    assert label_files(tmp_path / "two") == label_files(tmp_path / "one") and len(label_files(tmp_path / "one")) == 14
+    assert label_files(tmp_path / "two") == label_files(tmp_path / "one") and len(label_files(tmp_path / "one")) == 8
     store_one, store_two = LabelStore.open(tmp_path / "one"), LabelStore.open(tmp_path / "two")
     assert store_two.read_usage() == store_one.read_usage() and store_one.read_usage()["clips"] == 7

@@ -17,6 +17,7 @@ import torch
 from mert.cli import main
 from mert.data import shards as S
 from mert.teachers.labels import USAGE_FILE, LabelStore
+from mert.teachers.packs import pack_paths, read_record
 from mert.teachers.rvq import _bare_model
 from mert.train.labels import open_labels
 from tests.teachers.conftest import make_corpus
@@ -78,9 +79,10 @@ def test_codes_outside_the_codebook_are_refused_naming_the_file(corpus_dir, tmp_
     assert code == 0, err
     store = LabelStore.open(labels)
     clip = S.Corpus(corpus_dir).clips[1]
-    path = store._stem(clip).with_suffix(".npy")
+    path, record = pack_paths(store.root, clip.shard)
+    first = read_record(record).frame[read_record(record).find(clip.offset)]
     codes = np.load(path)
-    codes[1, 10] = 70  # a code the 64-way head has no class for
+    codes[1, first + 10] = 70  # a code the 64-way head has no class for, in the pack of clip 1's shard
     np.save(path, codes)
 
     code, _, err = run(capsys, "pretrain", corpus_dir, labels, tmp_path / "run", "--params", p, "--max-steps", 1)
