@@ -78,6 +78,13 @@ def recipe(profile) -> dict[str, Any]:
     return _plain({k: v for k, v in d.items() if k not in OPERATIONAL_FIELDS and k not in ("max_steps", "init_from")})
 
 
+def _manifest_sha256(corpus) -> str:
+    """The manifest's SHA-256 as the corpus table recorded it when the manifest was written (no re-hash of a
+    10^6-row file; the table is trusted only while the manifest's size and mtime match), else hashed now.
+    """
+    return getattr(corpus, "manifest_sha256", "") or sha256_file(Path(corpus.root) / "manifest.csv")
+
+
 def current_identity(profile, corpus, labels, encoder, objective) -> dict[str, Any]:
     """The identity of the run that ``profile`` on ``corpus`` + ``labels`` would train (see the module docstring).
 
@@ -92,7 +99,7 @@ def current_identity(profile, corpus, labels, encoder, objective) -> dict[str, A
     enc = {k: v for k, v in dataclasses.asdict(encoder).items() if k != "hf_extra"}
     return _plain(
         {
-            "corpus": {"manifest_sha256": sha256_file(Path(corpus.root) / "manifest.csv"), "clips": len(corpus.clips)},
+            "corpus": {"manifest_sha256": _manifest_sha256(corpus), "clips": len(corpus.clips)},
             "labels": {
                 "name": str(ident.get("name", "unknown")),
                 "hash": str(ident.get("hash", "")),

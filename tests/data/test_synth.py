@@ -36,8 +36,8 @@ def test_probe_tasks_have_every_split(demo_dir: Path):
 
 
 def test_generation_is_deterministic(tmp_path: Path):
-    p = DemoParams(seed=3, source="synthetic", n_clips=2, min_seconds=5, max_seconds=5.5, task_clips=12, task_seconds=1.0,
-                   bad_files=False)  # fmt: skip
+    p = DemoParams(seed=3, source="synthetic", n_clips=2, min_seconds=5, max_seconds=5.5, task_clips=12,
+                   task_seconds=1.0, bad_files=False)  # fmt: skip
     a, b = generate(tmp_path / "a", p), generate(tmp_path / "b", p)
     for f in sorted((a / "raw").iterdir()):
         assert f.read_bytes() == (b / "raw" / f.name).read_bytes()

@@ -1,0 +1,334 @@
+"""Cost of the data layer versus corpus size N: does anything grow faster than N, or per step at all?
+
+For each N (default 10^3 .. 10^6 clips, ``--per-shard`` clips per shard, each ``--clip-seconds`` long) it writes a
+synthetic corpus in the ingested layout with **sparse** shard files (a valid ``.npy`` header, then a hole: no disk
+is used, reads return zeros) and a manifest, then, in a fresh process per N (so peak RSS is that N's alone):
+
+* ``open (cold)``: the first ``Corpus(root)`` (verification included); on this code it also builds ``table/``.
+  Reference: ``pandas.read_csv`` of the manifest.
+* ``open (warm)``: the next ``Corpus(root)`` (what every rank, every loader process and every stage pays).
+* ``sampler``: ``CropSampler`` construction plus its ``fingerprint()`` (run identity / resume check). Reference:
+  SHA-256 of N x 16 bytes (the floor of hashing the clip ids).
+* ``label open+check``: opening the label store and the before-training checks (``open_labels`` ->
+  ``check_store``), when a store layout that scales can be written here (``--labels``; the packed layout, or
+  the per-clip one up to ``--per-clip-max`` clips). Reference: reading the store's ``usage.json``.
+* ``first batch`` and ``ms / micro-batch``: the rank's loader (``PretrainLoader``, in the caller) delivering
+  ``--steps`` micro-batches of ``--micro`` 5-s crops with their labels. Reference: as many crops of the same size
+  (the next steps' layouts, equally cold in the page cache) as bare ``np.memmap`` slices, audio only.
+* ``RSS rank``: peak resident set of that process; ``RSS worker``: peak (and proportional, PSS) resident set of
+  each of ``--workers`` loader processes after ``--steps`` steps.
+* ``ingest re-run``: for N up to ``--ingest-max`` real (tiny) WAV files, the unchanged re-run of ``mert ingest``.
+  Reference: walking and stat-ing the same tree (``os.walk`` + ``os.stat``).
+
+Usage::
+
+    .venv/bin/python benchmarks/scale.py [--sizes 1e3,1e4,1e5,1e6] [--ingest-max 1e5] [--workdir /tmp/scale]
+        [--json out.json]
+
+Run on an older commit by pointing ``PYTHONPATH`` at its tree (features it lacks are reported as ``n/a``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SR = 24_000
+CROP = 5 * SR
+
+
+def _t(fn, *a, **k):
+    t = time.perf_counter()
+    out = fn(*a, **k)
+    return time.perf_counter() - t, out
+
+
+# ------------------------------------------------------------------------------------------------ synthetic corpus
+def write_sparse_corpus(root: Path, n: int, per_shard: int, clip_seconds: float) -> None:
+    """``n`` clips of ``clip_seconds`` in sparse float32 shards of ``per_shard`` clips, and ``manifest.csv``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "shards").mkdir(exist_ok=True)
+    length = int(clip_seconds * SR)
+    shard_len = per_shard * length
+    header = _npy_header(shard_len, "<f4")
+    n_shards = -(-n // per_shard)
+    for s in range(n_shards):
+        k = min(per_shard, n - s * per_shard)
+        with open(root / "shards" / f"shard-{s:05d}.npy", "wb") as f:
+            f.write(_npy_header(k * length, "<f4") if k != per_shard else header)
+            f.truncate(len(header) + 4 * k * length)
+    lines = ["id,source,sha256,duration_s,orig_sr,channels,format,shard,offset,length\r\n"]
+    for i in range(n):
+        sha = hashlib.sha256(i.to_bytes(8, "little")).hexdigest()
+        s, j = divmod(i, per_shard)
+        lines.append(f"{sha[:16]},music/{i // 1000:04d}/track-{i:07d}.flac,{sha},{clip_seconds},44100,2,FLAC,"
+                     f"shard-{s:05d}.npy,{j * length},{length}\r\n")  # fmt: skip
+    (root / "manifest.csv").write_text("".join(lines))
+    (root / "corpus.json").write_text(json.dumps({"format_version": 1, "sample_rate": SR}))
+
+
+def _npy_header(samples: int, dtype: str) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": (samples,)})
+    return buf.getvalue()
+
+
+def write_labels(corpus, labels_dir: Path, per_clip_max: int) -> str:
+    """A label store for ``corpus`` with random codes: packed if this code has it, else per clip (small N)."""
+    from mert.teachers import labels as L
+    from mert.teachers.base import student_frames
+
+    ident = {"name": "bench", "config": {"n_codebooks": 8, "codebook_size": 1024}}
+    ident["hash"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+    rng = np.random.default_rng(0)
+    if hasattr(L.LabelStore, "write_shard"):
+        store = L.LabelStore.create(labels_dir, "bench-" + ident["hash"][:12], ident)
+        bounds = np.searchsorted(np.asarray(corpus.table.shard), np.arange(len(corpus.shard_names) + 1))
+        for s, name in enumerate(corpus.shard_names):
+            clips = [corpus.clips[int(r)] for r in range(bounds[s], bounds[s + 1])]
+            codes = [rng.integers(0, 1024, (8, student_frames(c.length)), dtype=np.uint16) for c in clips]
+            store.write_shard(name, clips, codes, [""] * len(clips), SR)
+        store.write_usage(corpus.clips, 1024)
+        return "packed"
+    if len(corpus.clips) > per_clip_max:
+        return ""
+    store = L.LabelStore.create(labels_dir, "bench-" + ident["hash"][:12], ident)
+    for c in corpus.clips:
+        store.write(c, rng.integers(0, 1024, (8, student_frames(c.length)), dtype=np.uint16), SR)
+    store.write_usage(list(corpus.clips), 1024)
+    return "per-clip"
+
+
+# ------------------------------------------------------------------------------------------------ one N, measured
+def measure(root: Path, labels_dir: Path | None, steps: int, micro: int, workers: int) -> dict:
+    """Everything but ingestion, for the corpus at ``root`` (run in a fresh process)."""
+    import pandas as pd
+
+    from mert.data import shards as S
+    from mert.train.data import CropSampler, PretrainLoader
+    from mert.train.labels import HashLabels, open_labels
+
+    r: dict = {}
+    r["ref_read_csv"], df = _t(pd.read_csv, root / "manifest.csv")
+    r["open_cold"], corpus = _t(S.Corpus, root)
+    r["open_warm"], corpus = _t(S.Corpus, root)
+    ids = "".join(df["id"].astype(str)).encode()
+    r["ref_sha_ids"], _ = _t(hashlib.sha256, ids)
+    del df
+    labels, r["labels"] = HashLabels(8, 1024), "hash"
+    if labels_dir is not None and any(labels_dir.glob("*/teacher.json")):
+        r["label_open"], labels = _t(open_labels, labels_dir, corpus)
+        r["labels"] = "store"
+        r["ref_usage_json"], _ = _t(lambda: json.loads(next(labels_dir.glob("*/usage.json")).read_text()))
+
+    def sampler():
+        smp = CropSampler(corpus, labels, CROP, CROP, micro, seed=0)
+        smp.fingerprint()
+        return smp
+
+    r["sampler"], smp = _t(sampler)
+    loader = PretrainLoader(smp, prefetch=0)
+    it = iter(loader)
+    r["first_batch"], _ = _t(next, it)
+    t = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    r["ms_batch"] = 1e3 * (time.perf_counter() - t) / steps
+    r["ref_ms_batch"] = 1e3 * _bare_crops(corpus, smp, steps, micro) / steps  # other crops: as cold as ours
+    r["rss_rank_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if workers:
+        r.update(_worker_rss(smp, workers, steps))
+    r["fds_open"] = len(os.listdir("/proc/self/fd"))
+    return r
+
+
+def _bare_crops(corpus, smp, steps: int, micro: int) -> float:
+    """Micro-batches of the same size as plain ``np.memmap`` slices (a map opened per crop), taken from the next
+    ``steps`` steps' layouts (pages not yet read, like the loader's).
+    """
+    t = time.perf_counter()
+    for step in range(steps + 1, 2 * steps + 1):
+        _, clips, length = smp.layout(step, 0)
+        wav = np.empty((micro, length), np.float32)
+        for i, c in enumerate(clips):
+            m = np.load(corpus.root / "shards" / c.shard, mmap_mode="r")
+            wav[i] = m[c.offset : c.offset + length]
+            del m
+    return time.perf_counter() - t
+
+
+def _worker_rss(smp, workers: int, steps: int) -> dict:
+    """Peak RSS and PSS (MB) of each loader process after ``steps`` steps."""
+    import psutil
+
+    from mert.train.data import PretrainLoader
+
+    loader = PretrainLoader(smp, prefetch=2, workers=workers)
+    it = iter(loader)
+    for _ in range(steps):
+        next(it)
+    hwm, pss = [], []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            hwm.append(int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1]) / 1024)
+            pss.append(child.memory_full_info().pss / 2**20)
+        except (psutil.Error, OSError, StopIteration):
+            continue
+    it.close()
+    return {"rss_worker_mb": max(hwm, default=float("nan")), "pss_worker_mb": max(pss, default=float("nan"))}
+
+
+# ------------------------------------------------------------------------------------------------ ingestion
+def ingest_rerun(work: Path, n: int) -> dict:
+    """The unchanged re-run of ``mert ingest`` over ``n`` tiny WAV files (0.2 s, 8 kHz, 16-bit)."""
+    import soundfile as sf
+
+    from mert.data.ingest import IngestParams, ingest
+
+    src = work / f"ingest-src-{n}"
+    if not (src / ".complete").exists():
+        shutil.rmtree(src, ignore_errors=True)
+        rng = np.random.default_rng(n)
+        for i in range(n):
+            d = src / f"{i // 1000:04d}"
+            d.mkdir(parents=True, exist_ok=True)
+            sf.write(d / f"{i:07d}.wav", (0.1 * rng.standard_normal(1600)).astype(np.float32), 8000, "PCM_16")
+        (src / ".complete").write_text("")
+    out = work / f"ingest-out-{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    p = IngestParams(min_seconds=0.1, workers=1)
+    first, s1 = _t(ingest, src, out, p, progress=False)
+    rerun, s2 = _t(ingest, src, out, p, progress=False)
+    assert s2.unchanged == n, (s2.unchanged, n)
+
+    def walk():
+        k = 0
+        for dp, _, fs in os.walk(src):
+            for f in fs:
+                os.stat(os.path.join(dp, f))
+                k += 1
+        return k
+
+    ref, _ = _t(walk)
+    return {"ingest_first": first, "ingest_rerun": rerun, "ref_walk_stat": ref, "ingested": s1.ingested}
+
+
+# ------------------------------------------------------------------------------------------------ driver
+ROWS = [
+    ("open (cold)", "open_cold", "s", "ref_read_csv", "pandas.read_csv"),
+    ("open (warm)", "open_warm", "s", "ref_read_csv", "pandas.read_csv"),
+    ("sampler + fingerprint", "sampler", "s", "ref_sha_ids", "sha256(ids)"),
+    ("label open + checks", "label_open", "s", "ref_usage_json", "read usage.json"),
+    ("first batch", "first_batch", "s", "ref_ms_batch", "bare memmap (ms)"),
+    ("ms / micro-batch", "ms_batch", "ms", "ref_ms_batch", "bare memmap crops"),
+    ("peak RSS rank", "rss_rank_mb", "MB", None, ""),
+    ("peak RSS loader worker", "rss_worker_mb", "MB", None, ""),
+    ("PSS loader worker", "pss_worker_mb", "MB", None, ""),
+    ("ingest first run", "ingest_first", "s", "ref_walk_stat", "os.walk + stat"),
+    ("ingest unchanged re-run", "ingest_rerun", "s", "ref_walk_stat", "os.walk + stat"),
+]
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "n/a"
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def print_table(results: dict[int, dict]) -> str:
+    sizes = sorted(results)
+    head = "| cost | unit | " + " | ".join(f"N={n:.0e}" for n in sizes) + " | reference (same run) |"
+    lines = [head, "|" + "---|" * (len(sizes) + 3)]
+    for label, key, unit, ref, refname in ROWS:
+        if not any(key in results[n] for n in sizes):
+            continue
+        cells = []
+        for n in sizes:
+            r = results[n]
+            c = _fmt(r.get(key))
+            if ref and r.get(ref) is not None and key in r:
+                c += f" ({_fmt(r[ref])})"
+            cells.append(c)
+        lines.append(f"| {label} | {unit} | " + " | ".join(cells) + f" | {refname or '-'} |")
+    extra = {n: results[n].get("labels", "?") for n in sizes}
+    lines.append(f"\nlabel source per N: {extra}; reference figures in parentheses")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1e3,1e4,1e5,1e6")
+    ap.add_argument("--per-shard", type=int, default=20)
+    ap.add_argument("--clip-seconds", type=float, default=30.0)
+    ap.add_argument("--ingest-max", type=float, default=1e4, help="largest N of the ingestion rows (real files)")
+    ap.add_argument("--per-clip-max", type=float, default=1e4, help="largest N for a per-clip label store")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--micro", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workdir", default="/tmp/mert-scale")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    work = Path(args.workdir)
+    if args.one:  # child: measure one N
+        root = Path(args.one)
+        lab = root.parent / (root.name + "-labels")
+        print(json.dumps(measure(root, lab if lab.exists() else None, args.steps, args.micro, args.workers)))
+        return
+    results: dict[int, dict] = {}
+    for n in (int(float(x)) for x in args.sizes.split(",")):
+        root = work / f"corpus-{n}"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work / f"corpus-{n}-labels", ignore_errors=True)
+        t_write, _ = _t(write_sparse_corpus, root, n, args.per_shard, args.clip_seconds)
+        r: dict = {"write_corpus": t_write}
+        from mert.data import shards as S
+
+        corpus0 = S.Corpus(root, verify=False)
+        t_lab, kind = _t(write_labels, corpus0, work / f"corpus-{n}-labels", int(args.per_clip_max))
+        r["write_labels"], r["label_layout"] = t_lab, kind
+        if not kind:
+            shutil.rmtree(work / f"corpus-{n}-labels", ignore_errors=True)
+        _drop_table(root)  # the child's first open is the cold one
+        cmd = [sys.executable, __file__, "--one", str(root), "--steps", str(args.steps), "--micro", str(args.micro),
+               "--workers", str(args.workers)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+        if out.returncode:
+            print(out.stderr[-3000:], file=sys.stderr)
+            r["error"] = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"
+        else:
+            r.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        if n <= args.ingest_max:
+            r.update(ingest_rerun(work, n))
+        results[n] = r
+        print(f"N={n}: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}),
+              flush=True)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work / f"corpus-{n}-labels", ignore_errors=True)
+    print()
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+
+
+def _drop_table(root: Path) -> None:
+    shutil.rmtree(root / "table", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
