@@ -271,7 +271,7 @@ def generate(out: str | Path, params: DemoParams | None = None) -> Path:
 
 
 def write_corpus_arrays(root: Path, items: Iterable[tuple[str, np.ndarray, str | None]], sample_rate: int,
-                 per_shard: int) -> list[S.Clip]:  # fmt: skip
+                        per_shard: int, shard_dtype: str = "float32") -> list[S.Clip]:  # fmt: skip
     """Write in-memory clips as a corpus in the ingested layout (synthetic corpora of tests and benchmarks).
 
     Args:
@@ -280,18 +280,22 @@ def write_corpus_arrays(root: Path, items: Iterable[tuple[str, np.ndarray, str |
             clip id is the sha256's first 16 characters.
         sample_rate: the audio's rate (``corpus.json``).
         per_shard: clips per shard, back to back.
+        shard_dtype: ``float32``, or ``int16`` (quantised with ``mert.data.shards.quantize_int16``).
 
     Returns:
         The manifest's clips, in order.
     """
     (root / S.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    S.write_corpus_meta(root, sample_rate)
+    S.write_corpus_meta(root, sample_rate, shard_dtype)
     clips: list[S.Clip] = []
     parts: list[np.ndarray] = []
 
     def flush() -> None:
         if parts:
-            atomic_save_npy(root / S.SHARD_DIR / clips[-1].shard, np.concatenate(parts))
+            audio = np.concatenate(parts)
+            atomic_save_npy(
+                root / S.SHARD_DIR / clips[-1].shard, S.quantize_int16(audio) if shard_dtype == "int16" else audio
+            )
             parts.clear()
 
     for i, (source, audio, sha) in enumerate(items):
