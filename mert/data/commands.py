@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-rate", type=int, dest="sample_rate")
     p.add_argument("--min-seconds", type=float, dest="min_seconds")
     p.add_argument("--max-seconds", type=float, dest="max_seconds")
+    p.add_argument(
+        "--shard-dtype",
+        choices=["float32", "int16"],
+        dest="shard_dtype",
+        help="how shards store samples: float32 (exact) or int16 PCM (half the bytes; a new corpus only)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--metrics", type=Path, help="also write the summary JSON here (for `dvc metrics`)")
@@ -50,7 +56,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from mert.params import load_section
     from mert.stages import ingest_corpus
 
-    keys = ["workers", "sample_rate", "min_seconds", "max_seconds"]
+    keys = ["workers", "sample_rate", "min_seconds", "max_seconds", "shard_dtype"]
     params = load_section("ingest", args.params, _overrides(args, keys))
     summary = ingest_corpus(args.src, args.out, params, progress=not args.no_progress)
     if args.metrics:
