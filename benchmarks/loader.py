@@ -1,7 +1,7 @@
 """Pretraining loader throughput per worker count: can the loader keep a GPU fed?
 
 Builds a corpus of synthetic clips in the ingested format (float32 ``.npy`` shards, memory-mapped on read) and a
-label store with random 8 x 1024 codes (``LabelStore``, one uint16 file per clip, read through
+label store with random 8 x 1024 codes (``LabelStore``, one uint16 pack per audio shard, read through
 ``mert.train.labels.StoreLabels`` as ``mert pretrain`` reads it), then times :class:`mert.train.data.PretrainLoader`
 as the trainer iterates it, for each worker count:
 
@@ -48,8 +48,10 @@ from mert.utils.io import sha256_json
 SR = 24_000
 
 
-def write_corpus(root: Path, n: int, seconds: float, seed: int = 0, per_shard: int = 8) -> S.Corpus:
-    """``n`` noise clips of ``seconds`` x U(0.5, 1.5) (at least 3 s), ``per_shard`` per shard, ingested format."""
+def write_corpus(root: Path, n: int, seconds: float, seed: int = 0, per_shard: int = 8, dtype: str = "float32",
+                 ) -> S.Corpus:  # fmt: skip
+    """``n`` noise clips of ``seconds`` x U(0.5, 1.5) (at least 3 s), ``per_shard`` per shard, ingested format
+    (``dtype`` shards: float32, or int16 PCM)."""
     rng = np.random.default_rng(seed)
 
     def clips():
@@ -57,7 +59,7 @@ def write_corpus(root: Path, n: int, seconds: float, seed: int = 0, per_shard: i
             length = int(max(3.0, seconds * rng.uniform(0.5, 1.5)) * SR)
             yield f"{i}.wav", (0.1 * rng.standard_normal(length)).astype(np.float32), sha256_json([seed, i, length])
 
-    write_corpus_arrays(root, clips(), SR, per_shard)
+    write_corpus_arrays(root, clips(), SR, per_shard, shard_dtype=dtype)
     return S.Corpus(root)
 
 
@@ -67,8 +69,12 @@ def write_labels(root: Path, corpus: S.Corpus, k: int = 8, c: int = 1024) -> Sto
     ident["hash"] = sha256_json(ident)
     store = LabelStore.create(root, "bench-random", ident)
     rng = np.random.default_rng(1)
-    for clip in corpus:
-        store.write(clip, rng.integers(0, c, (k, student_frames(clip.length)), dtype=np.uint16), corpus.sample_rate)
+    by_shard: dict[str, list] = {}
+    for clip in corpus.clips:
+        by_shard.setdefault(clip.shard, []).append(clip)
+    for shard, clips in by_shard.items():  # one pack per audio shard (the store's default layout)
+        codes = [rng.integers(0, c, (k, student_frames(x.length)), dtype=np.uint16) for x in clips]
+        store.write_shard(shard, clips, codes, [""] * len(clips), corpus.sample_rate)
     store.write_usage(corpus.clips, c)
     return StoreLabels(store, corpus)
 
@@ -119,6 +125,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=96)
     ap.add_argument("--seconds", type=float, default=24.0, help="mean clip length")
     ap.add_argument("--target", type=float, default=3000.0, help="audio-s/s a GPU consumes (projection)")
+    ap.add_argument("--shard-dtype", default="float32", choices=["float32", "int16"], help="synthetic corpus shards")
     ap.add_argument("--corpus", type=Path, help="an ingested corpus instead of synthetic clips (with --labels)")
     ap.add_argument("--labels", help="its label store (mert label output) or hash:K:C")
     ap.add_argument("--json", type=Path, help="also write the rows here")
@@ -134,13 +141,13 @@ def main() -> None:
             corpus = S.Corpus(args.corpus)
             labels = open_labels(args.labels or "hash:8:1024", corpus)
         else:
-            corpus = write_corpus(Path(tmp) / "corpus", args.clips, args.seconds)
+            corpus = write_corpus(Path(tmp) / "corpus", args.clips, args.seconds, dtype=args.shard_dtype)
             labels = write_labels(Path(tmp) / "labels", corpus)
         sampler = CropSampler(corpus, labels, prof.crop_samples, prof.min_clip_samples, prof.micro_batch_clips)
         batch_s = prof.micro_batch_clips * prof.crop_seconds
         print(
             f"torch {torch.__version__}, {cpus} CPUs, profile {args.profile}: micro-batch {prof.micro_batch_clips} x "
-            f"{prof.crop_seconds:g} s = {batch_s:g} audio-s; corpus {len(corpus)} clips, "
+            f"{prof.crop_seconds:g} s = {batch_s:g} audio-s; corpus {len(corpus)} clips ({corpus.dtype} shards), "
             f"{corpus.total_seconds / 60:.1f} min; {args.batches} micro-batches per timing, "
             f"{args.repeats} repeats interleaved"
         )
