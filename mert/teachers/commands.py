@@ -34,10 +34,18 @@ def _register_label(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="override label.rvq.weights: pretrained | random | PATH")
     p.add_argument("--device", help="override label.device: cpu | cuda | cuda:N | auto")
     p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument("--shard-index", type=int, help="this process's block of the range (default: $RANK or 0)")
+    p.add_argument(
+        "--shard-index",
+        type=int,
+        help="this process's block of the range, in whole audio shards: one process writes each shard's label "
+        "pack (default: $RANK or 0)",
+    )
     p.add_argument("--num-shards", type=int, help="number of blocks (default: $WORLD_SIZE or 1)")
-    p.add_argument("--start", type=int, help="first manifest row of the range")
-    p.add_argument("--stop", type=int, help="manifest row after the range")
+    p.add_argument(
+        "--start", type=int, help="first manifest row of the range (rounded to whole audio shards: a shard "
+        "belongs to the range that holds its first row)"
+    )  # fmt: skip
+    p.add_argument("--stop", type=int, help="manifest row after the range (rounded likewise)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--metrics", type=Path, help="also write the summary JSON here (for `dvc metrics`)")

@@ -100,11 +100,12 @@ class LabelStore:
         self._in_range: set[Path] = set()  # label files whose codes were checked against codebook_limits
         self._records: dict[str, P.PackRecord] = {}  # by audio shard name: committed packs seen by this process
         self._stamps: dict[str, tuple[int, int]] = {}  # record file name -> (size, mtime_ns) when last read in bulk
+        self._by_file: dict[str, P.PackRecord] = {}  # record file name -> its record, as of _stamps
         self._maps = P.PackMaps()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for a loader process: no memory map (it would carry its file) and no record cache travels."""
-        return {**self.__dict__, "_records": {}, "_stamps": {}, "_maps": P.PackMaps(self._maps.size)}
+        return {**self.__dict__, "_records": {}, "_stamps": {}, "_by_file": {}, "_maps": P.PackMaps(self._maps.size)}
 
     @property
     def codebook_size(self) -> int:
@@ -397,18 +398,20 @@ class LabelStore:
             LabelError: a record is unreadable or malformed (naming it).
         """
         stamps = P.scan_records(self.root)
+        by_file = {}
         for name, stamp in stamps.items():
-            if self._stamps.get(name) != stamp:
+            rec = self._by_file.get(name) if self._stamps.get(name) == stamp else None
+            if rec is None:
                 try:
                     rec = P.read_record(self.root / PACK_DIR / name)
                 except P.PackError as e:
                     raise LabelError(str(e)) from e
-                if rec is not None:
-                    self._records[rec.shard] = rec
-        gone = {Path(n).stem for n in self._stamps.keys() - stamps.keys()}
-        self._records = {k: r for k, r in self._records.items() if Path(k).stem not in gone}
-        self._stamps = stamps
-        return [r for r in self._records.values() if P.pack_paths(self.root, r.shard)[1].name in stamps]
+            if rec is not None:
+                by_file[name] = self._records[rec.shard] = rec
+        for name in self._by_file.keys() - by_file.keys():
+            self._records.pop(self._by_file[name].shard, None)  # uncommitted since
+        self._stamps, self._by_file = stamps, by_file
+        return list(by_file.values())
 
     def match(self, clips: Any) -> P.Match:
         """Which clips of ``clips`` (a ``Corpus``, ``ClipList`` or Clip sequence) have committed labels, vectorised.

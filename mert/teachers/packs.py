@@ -226,11 +226,34 @@ def match(records: list[PackRecord], cols: ClipColumns) -> Match:
 
 
 def first_of_each(cols: ClipColumns, rows: np.ndarray) -> np.ndarray:
-    """The rows of ``rows`` that hold the first occurrence of their (sha256, length), in row order."""
-    keys = np.empty(rows.shape[0], [("sha", "S64"), ("length", np.int64)])
-    keys["sha"], keys["length"] = cols.sha256[rows], cols.length[rows]
-    _, first = np.unique(keys, return_index=True)
-    return rows[np.sort(first)]
+    """The rows of ``rows`` that hold the first occurrence of their (sha256, length), in row order.
+
+    Sorted by (first 64 bits of the hash, length), stably; exact: a 64-bit prefix shared by two different
+    hashes (about 3e-8 for 10^6 files) falls back to sorting the full hashes.
+    """
+    if rows.shape[0] < 2:
+        return rows
+    sha, length, prefix = cols.sha256[rows], cols.length[rows], _prefix64(cols.sha256[rows])
+    order = np.lexsort((length, prefix))  # stable: the first row of each key comes first
+    s, n, p = sha[order], length[order], prefix[order]
+    same = (p[1:] == p[:-1]) & (n[1:] == n[:-1])
+    if np.any(s[1:][same] != s[:-1][same]):
+        keys = np.empty(rows.shape[0], [("sha", "S64"), ("length", np.int64)])
+        keys["sha"], keys["length"] = sha, length
+        _, first = np.unique(keys, return_index=True)
+        return rows[np.sort(first)]
+    return rows[np.sort(order[np.r_[True, ~same]])]
+
+
+_NIBBLE = np.zeros(256, np.uint64)
+_NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint64)
+_NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint64)
+
+
+def _prefix64(sha: np.ndarray) -> np.ndarray:
+    """(N,) uint64: the first 16 hex digits of (N,) ``S64`` hashes."""
+    digits = np.frombuffer(np.ascontiguousarray(sha, "S64").tobytes(), np.uint8).reshape(-1, 64)[:, :16]
+    return (_NIBBLE[digits] << (np.uint64(4) * np.arange(15, -1, -1, dtype=np.uint64))).sum(axis=1, dtype=np.uint64)
 
 
 def frame_index(record: PackRecord, entries: np.ndarray) -> np.ndarray:

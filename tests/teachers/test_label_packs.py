@@ -231,3 +231,20 @@ def test_reading_200_packs_under_a_64_file_limit(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["800", "200"]
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_first_of_each_content_key_keeps_row_order(collide):
+    """One row per (sha256, length), the first in row order; hashes sharing their first 64 bits stay distinct."""
+    rng = np.random.default_rng(0)
+    sha = np.array([f"{int(v):064x}" for v in rng.integers(0, 5, 300)], "S64")
+    if collide:
+        sha[::7] = b"0" * 16 + b"f" * 48  # the prefix of the all-zero hash, another hash
+    length = rng.integers(0, 3, 300)
+    cols = P.ClipColumns([], np.zeros(300, np.int64), np.arange(300), length, sha)
+    rows = np.flatnonzero(rng.random(300) < 0.8)
+    seen: dict = {}
+    for r in rows.tolist():
+        seen.setdefault((sha[r], length[r]), r)
+    assert P.first_of_each(cols, rows).tolist() == sorted(seen.values())
+    assert P.first_of_each(cols, rows[:1]).tolist() == rows[:1].tolist()
