@@ -13,11 +13,12 @@ is used, reads return zeros) and a manifest, then, in a fresh process per N (so 
   ``check_store``), when a store layout that scales can be written here (``--labels``; the packed layout, or
   the per-clip one up to ``--per-clip-max`` clips). Reference: reading the store's ``usage.json``.
 * ``first batch`` and ``ms / micro-batch``: the rank's loader (``PretrainLoader``, in the caller) delivering
-  ``--steps`` micro-batches of ``--micro`` 5-s crops with their labels. Reference: as many crops of the same size
-  (the next steps' layouts, equally cold in the page cache) as bare ``np.memmap`` slices, audio only.
+  ``--steps`` micro-batches of ``--micro`` 5-s crops with their labels, first with pages never read (``cold``: the
+  kernel fills sparse holes with zero pages, a stand-in for storage), then the same steps again (page cache warm:
+  only our code path). Reference: the same warm crops as bare ``np.memmap`` slices, audio only.
 * ``RSS rank``: peak resident set of that process; ``RSS worker``: peak (and proportional, PSS) resident set of
   each of ``--workers`` loader processes after ``--steps`` steps.
-* ``ingest re-run``: for N up to ``--ingest-max`` real (tiny) WAV files, the unchanged re-run of ``mert ingest``.
+* ``ingest re-run``: for N in ``--ingest-sizes`` real (tiny) WAV files, the unchanged re-run of ``mert ingest``.
   Reference: walking and stat-ing the same tree (``os.walk`` + ``os.stat``).
 
 Usage::
@@ -124,6 +125,7 @@ def measure(root: Path, labels_dir: Path | None, steps: int, micro: int, workers
     r["ref_read_csv"], df = _t(pd.read_csv, root / "manifest.csv")
     r["open_cold"], corpus = _t(S.Corpus, root)
     r["open_warm"], corpus = _t(S.Corpus, root)
+    r["table_bytes_per_clip"] = table_bytes_per_clip(root)
     ids = "".join(df["id"].astype(str)).encode()
     r["ref_sha_ids"], _ = _t(hashlib.sha256, ids)
     del df
@@ -143,10 +145,16 @@ def measure(root: Path, labels_dir: Path | None, steps: int, micro: int, workers
     it = iter(loader)
     r["first_batch"], _ = _t(next, it)
     t = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(steps):  # steps 1..steps, pages not read before (sparse holes: the kernel's zero pages)
+        next(it)
+    r["ms_batch_cold"] = 1e3 * (time.perf_counter() - t) / steps
+    loader.load_state_dict(loader.state_dict() | {"next_step": 1})
+    it = iter(loader)
+    t = time.perf_counter()
+    for _ in range(steps):  # the same steps again: page cache warm, only our code path is left
         next(it)
     r["ms_batch"] = 1e3 * (time.perf_counter() - t) / steps
-    r["ref_ms_batch"] = 1e3 * _bare_crops(corpus, smp, steps, micro) / steps  # other crops: as cold as ours
+    r["ref_ms_batch"] = 1e3 * _bare_crops(corpus, smp, steps, micro) / steps
     r["rss_rank_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if workers:
         r.update(_worker_rss(smp, workers, steps))
@@ -155,11 +163,11 @@ def measure(root: Path, labels_dir: Path | None, steps: int, micro: int, workers
 
 
 def _bare_crops(corpus, smp, steps: int, micro: int) -> float:
-    """Micro-batches of the same size as plain ``np.memmap`` slices (a map opened per crop), taken from the next
-    ``steps`` steps' layouts (pages not yet read, like the loader's).
+    """The audio of the same micro-batches (steps 1..steps, page cache warm) as plain ``np.memmap`` slices, one
+    map opened per crop: the floor of reading the crops, with no labels and no sampler.
     """
     t = time.perf_counter()
-    for step in range(steps + 1, 2 * steps + 1):
+    for step in range(1, steps + 1):
         _, clips, length = smp.layout(step, 0)
         wav = np.empty((micro, length), np.float32)
         for i, c in enumerate(clips):
@@ -232,8 +240,9 @@ ROWS = [
     ("open (warm)", "open_warm", "s", "ref_read_csv", "pandas.read_csv"),
     ("sampler + fingerprint", "sampler", "s", "ref_sha_ids", "sha256(ids)"),
     ("label open + checks", "label_open", "s", "ref_usage_json", "read usage.json"),
-    ("first batch", "first_batch", "s", "ref_ms_batch", "bare memmap (ms)"),
-    ("ms / micro-batch", "ms_batch", "ms", "ref_ms_batch", "bare memmap crops"),
+    ("first batch", "first_batch", "s", None, ""),
+    ("ms / micro-batch, cold pages", "ms_batch_cold", "ms", None, ""),
+    ("ms / micro-batch, warm", "ms_batch", "ms", "ref_ms_batch", "bare memmap crops, warm"),
     ("peak RSS rank", "rss_rank_mb", "MB", None, ""),
     ("peak RSS loader worker", "rss_worker_mb", "MB", None, ""),
     ("PSS loader worker", "pss_worker_mb", "MB", None, ""),
@@ -275,13 +284,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="1e3,1e4,1e5,1e6")
     ap.add_argument("--per-shard", type=int, default=20)
     ap.add_argument("--clip-seconds", type=float, default=30.0)
-    ap.add_argument("--ingest-max", type=float, default=1e4, help="largest N of the ingestion rows (real files)")
+    ap.add_argument("--ingest-sizes", default="1e3,1e4", help="N of the ingestion rows (real files; '' for none)")
     ap.add_argument("--per-clip-max", type=float, default=1e4, help="largest N for a per-clip label store")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--micro", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workdir", default="/tmp/mert-scale")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--plan-hours", type=float, default=160_000, help="the corpus to lay out (0: no plan)")
+    ap.add_argument("--plan-clip-seconds", type=float, default=240.0, help="mean track length of that corpus")
+    ap.add_argument("--plan-shard-seconds", type=float, default=3600.0)
+    ap.add_argument("--gpu-rate", type=float, default=3000.0, help="audio-s/s one GPU consumes")
+    ap.add_argument("--worker-rate", type=float, default=None, help="audio-s/s of one loader worker (loader.py)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     work = Path(args.workdir)
@@ -313,17 +327,81 @@ def main(argv: list[str] | None = None) -> None:
             r["error"] = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"
         else:
             r.update(json.loads(out.stdout.strip().splitlines()[-1]))
-        if n <= args.ingest_max:
-            r.update(ingest_rerun(work, n))
         results[n] = r
         print(f"N={n}: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}),
               flush=True)  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(work / f"corpus-{n}-labels", ignore_errors=True)
+    for n in (int(float(x)) for x in args.ingest_sizes.split(",") if x):
+        results.setdefault(n, {}).update(ingest_rerun(work, n))
+        print(f"N={n}: " + json.dumps({k: round(v, 4) for k, v in results[n].items() if "ingest" in k}), flush=True)
+    rates = hash_rates()
     print()
     print_table(results)
+    print(f"\nhash rates, one core: {json.dumps({k: round(v) for k, v in rates.items()})}")
+    if args.plan_hours:
+        print(f"\n{args.plan_hours:,.0f} hours laid out with these measurements:\n")
+        plan(results, rates, args.plan_hours, args.plan_clip_seconds, args.plan_shard_seconds, args.gpu_rate,
+             args.worker_rate)  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+        out = {"results": {str(k): v for k, v in results.items()}, "hash_rates": rates}
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+def hash_rates(mb: int = 256) -> dict:
+    """MB/s of one core for MD5 (what DVC hashes with) and SHA-256 (what ingestion hashes sources with)."""
+    buf = np.random.default_rng(0).integers(0, 255, mb * 2**20, dtype=np.uint8).tobytes()
+    out = {}
+    for name in ("md5", "sha256"):
+        t, _ = _t(lambda n=name: hashlib.new(n, buf).digest())
+        out[f"{name}_mb_s"] = mb * 2**20 / 1e6 / t
+    return out
+
+
+def table_bytes_per_clip(root: Path) -> float | None:
+    """Bytes of ``table/`` per clip (this code's columnar table), for the layout plan."""
+    d = root / "table"
+    if not (d / "table.json").exists():
+        return None
+    rows = json.loads((d / "table.json").read_text())["rows"]
+    return sum(f.stat().st_size for f in d.iterdir()) / max(rows, 1)
+
+
+def plan(results: dict[int, dict], rates: dict, hours: float, clip_s: float, shard_s: float, gpu_rate: float,
+         worker_rate: float | None) -> str:  # fmt: skip
+    """The corpus of ``hours`` laid out, with the measured rates: a Markdown table (see docs/scale.md)."""
+    seconds = hours * 3600
+    clips = seconds / clip_s
+    shards = seconds / shard_s
+    big = results[max(results)]
+    per_clip = big.get("table_bytes_per_clip") or float("nan")
+    label_bytes = seconds * 75 * 8 * 2  # 8 codebooks x 75 Hz x uint16
+    rows = [
+        ("audio", f"{hours:,.0f} h = {seconds:.3g} s at 24 kHz", ""),
+        (f"clips (tracks of ~{clip_s:g} s)", f"{clips:,.0f}", "manifest rows"),
+        (f"shards of {shard_s:g} s", f"{shards:,.0f}", "files"),
+        ("shard bytes, float32", f"{seconds * SR * 4 / 1e12:,.1f} TB", f"{shard_s * SR * 4 / 1e6:,.0f} MB per shard"),
+        ("shard bytes, int16", f"{seconds * SR * 2 / 1e12:,.1f} TB", f"{shard_s * SR * 2 / 1e6:,.0f} MB per shard"),
+        ("manifest.csv", f"~{clips * 150 / 1e9:,.2f} GB", "~150 B per row"),
+        ("table/ (memory-mapped)", f"{clips * per_clip / 1e9:,.2f} GB", f"{per_clip:.0f} B per clip, measured"),
+        ("labels, 8 x 1024 at 75 Hz (uint16)", f"{label_bytes / 1e9:,.0f} GB", "1,200 B per audio-second"),
+        ("label files, packed", f"{2 * shards:,.0f}", "a pack + its record per audio shard"),
+        ("label files, per clip (old layout)", f"{2 * clips:,.0f}", ".npy + .json per clip"),
+        ("inodes (shards + packs + records)", f"{3 * shards:,.0f}", ""),
+    ]
+    for name, key in (("md5", "md5_mb_s"), ("sha256", "sha256_mb_s")):
+        r = rates[key]
+        rows.append((f"{name} of the int16 shards, one core", f"{seconds * SR * 2 / 1e6 / r / 3600:,.0f} core-hours",
+                     f"{r:,.0f} MB/s measured"))  # fmt: skip
+    if worker_rate:
+        rows.append(("loader workers per GPU", f"{gpu_rate / worker_rate:.1f}",
+                     f"{gpu_rate:,.0f} audio-s/s / {worker_rate:,.0f} per worker (benchmarks/loader.py)"))  # fmt: skip
+    if "rss_rank_mb" in big and "pss_worker_mb" in big:
+        rows.append((f"RAM of a rank at N={max(results):.0e}", f"{big['rss_rank_mb']:,.0f} MB",
+                     f"+ {big['pss_worker_mb']:,.0f} MB PSS per loader worker"))  # fmt: skip
+    text = "| quantity | value | note |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    print(text)
+    return text
 
 
 def _drop_table(root: Path) -> None:
