@@ -23,7 +23,9 @@ int16 shards are dequantised on read (``x = q / 32768``, exact in float32), so e
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
@@ -31,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mert.data.table import ClipList, ClipTable, TableError, manifest_stat, open_table
-from mert.utils.io import atomic_write_json, read_csv
+from mert.data.table import TABLE_DIR, ClipList, ClipTable, TableError, manifest_stat, open_table
+from mert.utils.io import atomic_write, atomic_write_json, read_csv
 
 FORMAT_VERSION = 1
 SHARD_DIR = "shards"
@@ -44,6 +46,8 @@ SHARD_DTYPES = ("float32", "int16")
 INT16_SCALE = 32768.0
 """int16 shards hold ``clip(round(x * 32768), -32768, 32767)``; read back as ``q / 32768`` (libsndfile's read
 scale), so the error is at most 2^-16 and 1.0 reads as 32767 / 32768."""
+SHARD_CACHE = "shards.npz"
+"""Under ``table/``: each shard's (size, mtime_ns, inode) and sample count when last verified."""
 MAX_OPEN_SHARDS = 64
 """Default bound of the shard memory-map cache (each map holds a file descriptor)."""
 
@@ -252,7 +256,12 @@ class Corpus:
         return arr
 
     def verify(self) -> None:
-        """Check every clip lies inside its shard; raise :class:`CorpusError` naming the first bad one."""
+        """Check every clip lies inside its shard; raise :class:`CorpusError` naming the first bad one.
+
+        Each shard is stat-ed; its sample count comes from ``table/shards.npz`` when the shard's (size, mtime,
+        inode) match what that cache recorded, else from its ``.npy`` header (opened, read, closed), and the cache
+        is rewritten (best effort) when anything was read.
+        """
         t = self.table
         if not t.n:
             return
@@ -260,19 +269,56 @@ class Corpus:
         bad = np.flatnonzero((off < 0) | (length <= 0))
         need = np.zeros(len(t.shard_names), np.int64)
         np.maximum.at(need, shard, off + length)
-        for s, name in enumerate(t.shard_names):
-            n = self._shard_samples(name)
-            if need[s] > n:
-                rows = np.flatnonzero((shard == s) & (off + length > n))
-                bad = np.union1d(bad, rows)
-                break
+        have = self._shard_lengths()
+        short = np.flatnonzero(need > have)
+        if short.size:
+            s = int(short[0])
+            bad = np.union1d(bad, np.flatnonzero((shard == s) & (off + length > have[s])))
         if bad.size:
             c = self.clips[int(bad[0])]
-            n = self._shard_samples(c.shard) if c.offset >= 0 and c.length > 0 else "?"
+            n = int(have[t.shard_names.index(c.shard)])
             raise CorpusError(
                 f"clip {c.id} ({c.source}) spans [{c.offset}, {c.offset + c.length}) "
                 f"but shard {c.shard} has {n} samples"
             )
+
+    def _shard_lengths(self) -> np.ndarray:
+        """(S,) samples of each shard of the table (see :meth:`verify`)."""
+        names = self.table.shard_names
+        d = str(self.root / SHARD_DIR)
+        stat = np.zeros((len(names), 3), np.int64)  # size, mtime_ns, inode
+        for i, name in enumerate(names):
+            try:
+                st = os.stat(f"{d}/{name}")
+            except FileNotFoundError as e:
+                raise CorpusError(f"shard {d}/{name} listed in the manifest is missing") from e
+            stat[i] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        cached = self._cached_lengths(names)
+        lengths = np.full(len(names), -1, np.int64)
+        if cached is not None:
+            same = (cached[0] == stat).all(axis=1)
+            lengths[same] = cached[1][same]
+        todo = np.flatnonzero(lengths < 0)
+        for i in todo:
+            lengths[i] = self._shard_samples(names[int(i)])
+        if todo.size:
+            self._save_lengths(names, stat, lengths)
+        return lengths
+
+    def _cached_lengths(self, names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            with np.load(self.root / TABLE_DIR / SHARD_CACHE) as z:
+                if z["names"].shape == (len(names),) and (z["names"] == np.asarray(names, dtype="S")).all():
+                    return z["stat"], z["samples"]
+        except (OSError, ValueError, KeyError):
+            pass
+        return None
+
+    def _save_lengths(self, names: list[str], stat: np.ndarray, lengths: np.ndarray) -> None:
+        if not os.access(self.root / TABLE_DIR, os.W_OK):
+            return
+        with contextlib.suppress(OSError), atomic_write(self.root / TABLE_DIR / SHARD_CACHE) as f:
+            np.savez(f, names=np.asarray(names, dtype="S"), stat=stat, samples=lengths)
 
     def _shard_samples(self, name: str) -> int:
         path = self.root / SHARD_DIR / name

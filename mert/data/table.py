@@ -92,20 +92,47 @@ class ClipTable:
 
     @classmethod
     def from_csv(cls, path: Path) -> ClipTable:
-        """Parse ``manifest.csv`` (pandas' C parser: ~1 s per 10^6 rows here)."""
-        import pandas as pd
+        """Parse ``manifest.csv`` with pyarrow's CSV reader straight into columns (~1-2 s per 10^6 rows here; the
+        source paths become the blob without a Python string per row).
 
-        manifest = {"size": manifest_stat(path)[0], "mtime_ns": manifest_stat(path)[1], "sha256": sha256_file(path)}
-        want = {k: str for k in ("id", "source", "sha256", "format", "shard")}
-        try:
-            df = pd.read_csv(path, dtype=want, keep_default_na=False)
-        except pd.errors.EmptyDataError:
-            df = pd.DataFrame({k: [] for k in _FIELDS})
-        missing = [k for k in _FIELDS if k not in df.columns and k not in ("size", "mtime_ns")]
+        Raises:
+            TableError: a missing column or a malformed value (pyarrow's message names the column and row).
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pacsv
+
+        size, mtime = manifest_stat(path)
+        manifest = {"size": size, "mtime_ns": mtime, "sha256": sha256_file(path)}
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().strip().split(",")
+        if header == [""]:
+            return cls._build({k: [] for k in _FIELDS}, manifest)
+        missing = [k for k in _FIELDS if k not in header and k not in ("size", "mtime_ns")]
         if missing:
             raise TableError(f"{path}: missing columns {missing}")
-        data = {k: df[k].to_numpy() if k in df.columns else np.full(len(df), -1) for k in _FIELDS}
-        return cls._build(data, manifest, where=str(path))
+        types = {k: pa.string() for k in ("source", "format", "shard")} | {k: pa.binary() for k in BYTES_COLUMNS}
+        types |= {k: pa.int64() for k in INT_COLUMNS[1:] if k in header} | {"duration_s": pa.float64()}
+        opts = pacsv.ConvertOptions(column_types=types, include_columns=[k for k in _FIELDS if k in header],
+                                    strings_can_be_null=False, quoted_strings_can_be_null=False)  # fmt: skip
+        try:
+            t = pacsv.read_csv(path, convert_options=opts)
+        except (pa.ArrowInvalid, ValueError) as e:
+            raise TableError(f"{path}: malformed row: {e}") from e
+        n = t.num_rows
+        cols: dict[str, np.ndarray] = {}
+        for k in INT_COLUMNS[1:]:
+            cols[k] = _ints(t[k], path, k) if k in header else np.full(n, -1, np.int64)
+        cols["duration_s"] = _ints(t["duration_s"], path, "duration_s", np.float64)
+        for k, w in BYTES_COLUMNS.items():
+            cols[k] = _fixed(t[k].combine_chunks(), w, path, k)
+        shard_names, cols["shard"] = _categories(t["shard"], pc)
+        format_names, fmt = _categories(t["format"], pc)
+        cols["format"] = fmt.astype(np.int16)
+        src = t["source"].combine_chunks().cast(pa.large_string())
+        offsets = np.frombuffer(src.buffers()[1], np.int64)[src.offset : src.offset + n + 1]
+        blob = np.frombuffer(src.buffers()[2], np.uint8)[offsets[0] : offsets[-1]] if n else np.zeros(0, np.uint8)
+        return cls(cols, shard_names, format_names, blob.copy(), (offsets[1:] - offsets[0]).copy(), manifest)
 
     @classmethod
     def _build(cls, data: dict[str, Any], manifest: dict[str, Any], where: str = "manifest") -> ClipTable:
@@ -199,6 +226,35 @@ class ClipTable:
         if any(v.shape != (meta["rows"],) for v in cols.values()) or ends.shape != (meta["rows"],):
             return None
         return cls(cols, meta["shard_names"], meta["format_names"], blob, ends, m)
+
+
+def _ints(col, path: Path, name: str, dtype=np.int64) -> np.ndarray:
+    if col.null_count:
+        raise TableError(f"{path}: malformed row: empty {name} value")
+    return col.to_numpy().astype(dtype, copy=False)
+
+
+def _fixed(col, width: int, path: Path, name: str) -> np.ndarray:
+    """A pyarrow binary column of ``width``-byte values as a numpy ``S<width>`` array (one copy)."""
+    import pyarrow.compute as pc
+
+    lengths = pc.binary_length(col).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != width)
+    if bad.size:
+        raise TableError(f"{path}: row {int(bad[0])}: {name} {col[int(bad[0])].as_py()!r} is not {width} hex digits")
+    import pyarrow as pa
+
+    fixed = col.cast(pa.binary(width))
+    return np.frombuffer(fixed.buffers()[1], dtype=f"S{width}")[fixed.offset : fixed.offset + len(fixed)].copy()
+
+
+def _categories(col, pc) -> tuple[list[str], np.ndarray]:
+    """``(sorted distinct values, (n,) int64 index of each row's value)`` of a pyarrow string column."""
+    names = sorted(pc.unique(col).to_pylist())
+    import pyarrow as pa
+
+    index = pc.index_in(col, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)
+    return names, np.asarray(index, dtype=np.int64)
 
 
 _FIELDS = ("id", "source", "sha256", "duration_s", "orig_sr", "channels", "format", "shard", "offset", "length",

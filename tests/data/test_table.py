@@ -222,3 +222,23 @@ def test_fingerprint_is_the_documented_hash_and_holdout_works_on_columns(tmp_pat
     ids = [c.id for c in train]
     assert smp.fingerprint() == sha256_json([ids, 7, 24000, 2, 2])
     assert smp.stream()["clips"] == sha256_json(ids) and smp.stream()["n_clips"] == 8
+
+
+def test_verified_shards_are_cached_by_stat_and_a_replaced_shard_is_read_again(tmp_path, monkeypatch):
+    clips = [(f"{i}.wav", noise(1.0, 24000, seed=i), None) for i in range(6)]
+    write_corpus_arrays(tmp_path / "c", clips, 24000, per_shard=2)
+    S.Corpus(tmp_path / "c")  # reads the 3 headers, writes table/shards.npz
+    reads = {"n": 0}
+    real = S.read_npy_header
+
+    def counting(path):
+        reads["n"] += 1
+        return real(path)
+
+    monkeypatch.setattr(S, "read_npy_header", counting)
+    S.Corpus(tmp_path / "c")
+    assert reads["n"] == 0  # every shard's stat matched the cache
+    np.save(tmp_path / "c" / "shards" / "shard-00002.npy", np.zeros(30000, np.float32))  # truncated behind our back
+    with pytest.raises(S.CorpusError, match=r"\(5.wav\) spans \[24000, 48000\) but shard shard-00002.npy has 30000"):
+        S.Corpus(tmp_path / "c")
+    assert reads["n"] == 1  # only the changed shard's header
