@@ -16,8 +16,10 @@ is used, reads return zeros) and a manifest, then, in a fresh process per N (so 
   ``--steps`` micro-batches of ``--micro`` 5-s crops with their labels, first with pages never read (``cold``: the
   kernel fills sparse holes with zero pages, a stand-in for storage), then the same steps again (page cache warm:
   only our code path). Reference: the same warm crops as bare ``np.memmap`` slices, audio only.
-* ``RSS rank``: peak resident set of that process; ``RSS worker``: peak (and proportional, PSS) resident set of
-  each of ``--workers`` loader processes after ``--steps`` steps.
+* ``RSS rank``: resident set of that process after setup and the steps (and its peak, a cold open included);
+  ``RSS worker``: peak (and proportional, PSS) resident set of each of ``--workers`` loader processes (forked: they
+  share the rank's pages) after ``--steps`` steps. The references are measured after these figures.
+* ``run identity``: what ``mert pretrain`` reads from the corpus for the run identity (manifest hash, clip ids).
 * ``ingest re-run``: for N in ``--ingest-sizes`` real (tiny) WAV files, the unchanged re-run of ``mert ingest``.
   Reference: walking and stat-ing the same tree (``os.walk`` + ``os.stat``).
 
@@ -122,13 +124,10 @@ def measure(root: Path, labels_dir: Path | None, steps: int, micro: int, workers
     from mert.train.labels import HashLabels, open_labels
 
     r: dict = {}
-    r["ref_read_csv"], df = _t(pd.read_csv, root / "manifest.csv")
     r["open_cold"], corpus = _t(S.Corpus, root)
     r["open_warm"], corpus = _t(S.Corpus, root)
     r["table_bytes_per_clip"] = table_bytes_per_clip(root)
-    ids = "".join(df["id"].astype(str)).encode()
-    r["ref_sha_ids"], _ = _t(hashlib.sha256, ids)
-    del df
+    r["identity"], ids = _t(_identity, corpus)
     labels, r["labels"] = HashLabels(8, 1024), "hash"
     if labels_dir is not None and any(labels_dir.glob("*/teacher.json")):
         r["label_open"], labels = _t(open_labels, labels_dir, corpus)
@@ -155,11 +154,28 @@ def measure(root: Path, labels_dir: Path | None, steps: int, micro: int, workers
         next(it)
     r["ms_batch"] = 1e3 * (time.perf_counter() - t) / steps
     r["ref_ms_batch"] = 1e3 * _bare_crops(corpus, smp, steps, micro) / steps
-    r["rss_rank_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import psutil
+
+    r["rss_rank_mb"] = psutil.Process().memory_info().rss / 2**20  # after setup and the steps
+    r["peak_rss_rank_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if workers:
         r.update(_worker_rss(smp, workers, steps))
     r["fds_open"] = len(os.listdir("/proc/self/fd"))
+    r["ref_read_csv"], df = _t(pd.read_csv, root / "manifest.csv")  # the references last: not in the RSS above
+    r["ref_sha_ids"], _ = _t(hashlib.sha256, "".join(df["id"].astype(str)).encode())
     return r
+
+
+def _identity(corpus) -> list[str]:
+    """What a run's identity reads from the corpus: the manifest's hash and every clip id."""
+    from mert.train import identity as idn
+    from mert.utils.io import sha256_file
+
+    if hasattr(idn, "_manifest_sha256"):
+        idn._manifest_sha256(corpus)
+        return np.char.decode(np.asarray(corpus.table.id), "ascii").tolist()
+    sha256_file(Path(corpus.root) / "manifest.csv")
+    return [c.id for c in corpus.clips]
 
 
 def _bare_crops(corpus, smp, steps: int, micro: int) -> float:
@@ -238,12 +254,14 @@ def ingest_rerun(work: Path, n: int) -> dict:
 ROWS = [
     ("open (cold)", "open_cold", "s", "ref_read_csv", "pandas.read_csv"),
     ("open (warm)", "open_warm", "s", "ref_read_csv", "pandas.read_csv"),
+    ("run identity (manifest hash + clip ids)", "identity", "s", None, ""),
     ("sampler + fingerprint", "sampler", "s", "ref_sha_ids", "sha256(ids)"),
     ("label open + checks", "label_open", "s", "ref_usage_json", "read usage.json"),
     ("first batch", "first_batch", "s", None, ""),
     ("ms / micro-batch, cold pages", "ms_batch_cold", "ms", None, ""),
     ("ms / micro-batch, warm", "ms_batch", "ms", "ref_ms_batch", "bare memmap crops, warm"),
-    ("peak RSS rank", "rss_rank_mb", "MB", None, ""),
+    ("RSS rank after setup + steps", "rss_rank_mb", "MB", None, ""),
+    ("peak RSS rank", "peak_rss_rank_mb", "MB", None, ""),
     ("peak RSS loader worker", "rss_worker_mb", "MB", None, ""),
     ("PSS loader worker", "pss_worker_mb", "MB", None, ""),
     ("ingest first run", "ingest_first", "s", "ref_walk_stat", "os.walk + stat"),
