@@ -15,9 +15,10 @@ so a shard that a killed run left behind is never read (it is an orphan and is d
 ``shard-*.csv`` row file was committed, adopted by the next ingestion).
 
 Reading scales with the corpus, not with the number of shards kept open: :class:`Corpus` opens the table (a
-stat and a few memory maps, no per-clip object), verifies every clip against its shard's ``.npy`` header (each
-file opened, its header read, closed), and memory-maps shards on demand in a bounded LRU cache
-(``max_open_shards``; each map holds one file descriptor), so any corpus reads under ``ulimit -n 256``.
+stat and a few memory maps, no per-clip object), verifies every clip against its shard's length (a stat per
+shard; the ``.npy`` header is read only when the shard changed since it was last verified), and reads crops with
+``preadv`` from file descriptors kept in a bounded LRU cache (``max_open_shards``), so any corpus reads under
+``ulimit -n 256`` and creates no memory map per shard (``vm.max_map_count``).
 int16 shards are dequantised on read (``x = q / 32768``, exact in float32), so every reader sees float32.
 """
 
@@ -49,7 +50,7 @@ scale), so the error is at most 2^-16 and 1.0 reads as 32767 / 32768."""
 SHARD_CACHE = "shards.npz"
 """Under ``table/``: each shard's (size, mtime_ns, inode) and sample count when last verified."""
 MAX_OPEN_SHARDS = 64
-"""Default bound of the shard memory-map cache (each map holds a file descriptor)."""
+"""Default bound of the shard file-descriptor cache of :meth:`Corpus.read` (and of the maps of :meth:`Corpus.shard`)."""
 
 
 class CorpusError(RuntimeError):
@@ -158,9 +159,19 @@ def default_max_open_shards() -> int:
 def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """``(shape, dtype)`` of a ``.npy`` file from its header (the file is closed again)."""
     with open(path, "rb") as f:
+        return _header(f, path)
+
+
+def _header(f, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from the ``.npy`` header at ``f``'s position (left just past it)."""
+    try:
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(f)
+        shape, fortran, dtype = read(f)
+    except ValueError as e:
+        raise CorpusError(f"shard {path} is not a valid .npy file: {e}") from e
+    if fortran and len(shape) > 1:
+        raise CorpusError(f"shard {path} is not a valid .npy file: Fortran order")
     return shape, dtype
 
 
@@ -171,7 +182,7 @@ class Corpus:
         root: corpus directory written by ``mert ingest``.
         verify: check that every referenced shard exists, has the corpus's dtype and is long enough (reads each
             shard's ``.npy`` header once; no file stays open).
-        max_open_shards: bound of the shard memory-map cache (default :func:`default_max_open_shards`).
+        max_open_shards: bound of the open shard files (default :func:`default_max_open_shards`).
 
     Attributes:
         table: the :class:`mert.data.table.ClipTable` (numpy columns, manifest order).
@@ -203,7 +214,8 @@ class Corpus:
             raise CorpusError(str(e)) from e
         self.clips = ClipList(self.table, _clip)
         self.max_open_shards = max_open_shards or default_max_open_shards()
-        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # shard(): memory maps, for tools
+        self._fds: OrderedDict[str, tuple[int, int, int]] = OrderedDict()  # read(): (fd, data offset, samples)
         if verify:
             self.verify()
 
@@ -234,7 +246,9 @@ class Corpus:
         return float(np.asarray(self.table.length).sum()) / self.sample_rate
 
     def shard(self, name: str) -> np.ndarray:
-        """Memory-mapped 1-D shard in its stored dtype (float32 or int16); cached, at most ``max_open_shards``."""
+        """Memory-mapped 1-D shard in its stored dtype (float32 or int16), for tools that want the whole array;
+        cached, at most ``max_open_shards`` (readers of crops use :meth:`read`).
+        """
         arr = self._maps.get(name)
         if arr is not None:
             self._maps.move_to_end(name)
@@ -335,6 +349,10 @@ class Corpus:
     def read(self, shard: str, first: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
         """Samples ``[first, first + length)`` of a shard as float32 (dequantised from int16), into ``out``.
 
+        Read with one ``preadv`` from a file descriptor kept in a bounded LRU cache (``max_open_shards``): no
+        memory map per shard (no page-table set-up per crop, nothing against ``vm.max_map_count``), one copy
+        from the page cache into ``out``.
+
         Args:
             shard: shard file name.
             first: first sample in the shard.
@@ -343,15 +361,66 @@ class Corpus:
 
         Returns:
             ``out``: (length,) float32, a copy (safe to modify).
+
+        Raises:
+            CorpusError: the shard is missing, not a 1-D ``.npy`` of the corpus dtype, or shorter than the read.
         """
-        seg = self.shard(shard)[first : first + length]
+        fd, start, n = self._open(shard)
+        if first < 0 or length < 0 or first + length > n:
+            raise CorpusError(f"read [{first}, {first + length}) outside shard {shard} of {n} samples")
         if out is None:
-            out = np.empty(seg.shape[0], np.float32)
-        if seg.dtype == np.int16:
-            np.multiply(seg, np.float32(1.0 / INT16_SCALE), out=out, casting="unsafe")
-        else:
-            out[...] = seg
+            out = np.empty(length, np.float32)
+        direct = self.dtype == "float32" and out.flags.c_contiguous and out.dtype == np.float32
+        buf = out if direct else np.empty(length, np.dtype(self.dtype))
+        itemsize = buf.itemsize
+        got = os.preadv(fd, [memoryview(buf).cast("B")], start + first * itemsize) if length else 0
+        if got != length * itemsize:
+            raise CorpusError(f"shard {self.root / SHARD_DIR / shard} is truncated: read {got} of {length * itemsize} "
+                              f"bytes at sample {first}")  # fmt: skip
+        if buf is not out:
+            if buf.dtype == np.int16:
+                np.multiply(buf, np.float32(1.0 / INT16_SCALE), out=out, casting="unsafe")
+            else:
+                out[...] = buf
         return out
+
+    def _open(self, name: str) -> tuple[int, int, int]:
+        """``(fd, first data byte, samples)`` of shard ``name``, from the LRU cache or opened and checked now."""
+        hit = self._fds.get(name)
+        if hit is not None:
+            self._fds.move_to_end(name)
+            return hit
+        path = self.root / SHARD_DIR / name
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError as e:
+            raise CorpusError(f"shard {path} listed in the manifest is missing") from e
+        except OSError as e:
+            raise CorpusError(f"shard {path} cannot be opened: {e.strerror or e}") from e
+        try:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                shape, dtype = _header(f, path)
+                start = f.tell()
+        except BaseException:
+            os.close(fd)
+            raise
+        if dtype != np.dtype(self.dtype) or len(shape) != 1:
+            os.close(fd)
+            raise CorpusError(f"shard {path}: expected 1-D {self.dtype}, got {dtype} {shape}")
+        self._fds[name] = entry = (fd, start, int(shape[0]))
+        while len(self._fds) > self.max_open_shards:
+            os.close(self._fds.popitem(last=False)[1][0])
+        return entry
+
+    def close(self) -> None:
+        """Close the cached shard file descriptors (also done when the corpus is garbage collected)."""
+        fds = getattr(self, "_fds", {})
+        while fds:
+            with contextlib.suppress(OSError):
+                os.close(fds.popitem()[1][0])
+
+    def __del__(self) -> None:
+        self.close()
 
     def audio(self, clip: Clip, start: int = 0, length: int | None = None) -> np.ndarray:
         """Samples ``[start, start+length)`` of ``clip`` as a float32 array (a copy, safe to modify)."""

@@ -176,7 +176,7 @@ def test_the_shard_cache_is_bounded_and_the_corpus_pickles_by_path(tmp_path):
     fds = len(os.listdir("/proc/self/fd"))
     for c in corpus.clips:
         corpus.audio(c, 0, 100)
-        assert len(corpus._maps) <= 3
+        assert len(corpus._fds) <= 3
     assert len(os.listdir("/proc/self/fd")) <= fds + 3
     blob = pickle.dumps(corpus)
     assert len(blob) < 2000  # the path, not the table or any shard
@@ -242,3 +242,15 @@ def test_verified_shards_are_cached_by_stat_and_a_replaced_shard_is_read_again(t
     with pytest.raises(S.CorpusError, match=r"\(5.wav\) spans \[24000, 48000\) but shard shard-00002.npy has 30000"):
         S.Corpus(tmp_path / "c")
     assert reads["n"] == 1  # only the changed shard's header
+
+
+def test_a_shard_truncated_after_opening_is_a_corpus_error_naming_it(tmp_path):
+    clips = [(f"{i}.wav", noise(1.0, 24000, seed=i), None) for i in range(2)]
+    write_corpus_arrays(tmp_path / "c", clips, 24000, per_shard=2)
+    corpus = S.Corpus(tmp_path / "c")
+    path = tmp_path / "c" / "shards" / "shard-00000.npy"
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 4 * 1000)  # the second clip loses its last 1000 samples
+    np.testing.assert_array_equal(corpus.audio(corpus.clips[0]), clips[0][1])
+    with pytest.raises(S.CorpusError, match=r"shard-00000.npy is truncated: read \d+ of 96000 bytes"):
+        corpus.audio(corpus.clips[1])
