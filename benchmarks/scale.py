@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(root, lab if lab.exists() else None, args.steps, args.micro, args.workers)))
         return
     results: dict[int, dict] = {}
-    for n in (int(float(x)) for x in args.sizes.split(",")):
+    for n in (int(float(x)) for x in args.sizes.split(",") if x):
         root = work / f"corpus-{n}"
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(work / f"corpus-{n}-labels", ignore_errors=True)
