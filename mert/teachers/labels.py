@@ -6,6 +6,7 @@ Layout (packed, the default of a new store)::
         teacher.json                       the teacher identity (name, config, weights hash, hash) + "layout"
         packs/shard-NNNNN.npy              (n_codebooks, frames) uint16: the clips of corpus shard NNNNN
         packs/shard-NNNNN.json             its commit record, written last (``mert.teachers.packs``)
+        packs/index/records.npz            a cache of every record's columns, checked against each record's stat
         label_rejects.csv                  clips the last run could not label (per range when sharded)
         usage.json                         per-codebook code usage over the corpus's labelled clips (last run)
 
@@ -30,11 +31,16 @@ the record (dtype, shape, frame count) and its codes against the codebook sizes 
 ``< codebook_limits[k]``, once per file), and raises :class:`LabelError` naming the file on any mismatch:
 mismatched or out-of-range labels are never returned (an out-of-range code would reach ``cross_entropy`` as an
 opaque device assert). Readers keep at most ``packs.MAX_OPEN_PACKS`` memory maps open; bulk questions
-(:meth:`LabelStore.match`, :meth:`LabelStore.usage`) read each pack record once, never one file per clip.
+(:meth:`LabelStore.match`, :meth:`LabelStore.usage`) take the records as columns (:meth:`LabelStore.pack_table`):
+from the record index for every record whose stat it matches, reading only the changed and new records (never
+one file per clip), and rewrite the index when it was out of date. The records are the truth, the index only a
+cache: concurrent writers stay correct and a read-only store still opens (it reads what the index misses).
+Per-clip lookups after a bulk question take their record from that table (ids and reasons read lazily).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -99,13 +105,12 @@ class LabelStore:
         self.n_codebooks = int(self.identity["config"]["n_codebooks"])
         self._in_range: set[Path] = set()  # label files whose codes were checked against codebook_limits
         self._records: dict[str, P.PackRecord] = {}  # by audio shard name: committed packs seen by this process
-        self._stamps: dict[str, tuple[int, int]] = {}  # record file name -> (size, mtime_ns) when last read in bulk
-        self._by_file: dict[str, P.PackRecord] = {}  # record file name -> its record, as of _stamps
+        self._table: P.RecordTable | None = None  # every committed record, as of the last pack_table()
         self._maps = P.PackMaps()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for a loader process: no memory map (it would carry its file) and no record cache travels."""
-        return {**self.__dict__, "_records": {}, "_stamps": {}, "_by_file": {}, "_maps": P.PackMaps(self._maps.size)}
+        return {**self.__dict__, "_records": {}, "_table": None, "_maps": P.PackMaps(self._maps.size)}
 
     @property
     def codebook_size(self) -> int:
@@ -176,8 +181,14 @@ class LabelStore:
         return self.root / CLIP_DIR / clip.sha256[:2] / f"{clip.sha256}-{clip.length}"
 
     def _record(self, shard: str) -> P.PackRecord | None:
-        """The committed record of ``shard``'s pack (cached once seen; an absent one is looked up again)."""
+        """The committed record of ``shard``'s pack (cached once seen; an absent one is looked up again).
+
+        From the last :meth:`pack_table` if it has the shard (a view, no file read), else from its file.
+        """
         rec = self._records.get(shard)
+        p = None if rec is not None or self._table is None else self._table.pack_of(shard)
+        if p is not None:
+            rec = self._records[shard] = self._table.record(p)
         if rec is None:
             try:
                 rec = P.read_record(P.pack_paths(self.root, shard)[1])
@@ -334,7 +345,7 @@ class LabelStore:
             raise LabelError(f"no {what}: pack {path} has no entry for it (offset {clip.offset}, {clip.length} "
                              "samples); labels are valid for the shard layout they were made for")  # fmt: skip
         if int(rec.frame[i]) < 0:
-            raise LabelError(f"no {what}: rejected when labelled ({rec.reason[i]}), recorded in {path}")
+            raise LabelError(f"no {what}: rejected when labelled ({self._full(rec).reason[i]}), recorded in {path}")
         frames = student_frames(clip.length)
         want = {"teacher": self.identity["hash"], "n_codebooks": self.n_codebooks, "frames": frames}
         if sample_rate is not None:
@@ -344,24 +355,30 @@ class LabelStore:
         bad = {k: (have[k], v) for k, v in want.items() if have[k] != v}
         if bad:
             raise LabelError(f"labels {npy} do not match clip {clip.id}: (stored, expected) {bad}")
-        codes = self._pack_array(npy, rec, clip.id)
+        codes = self._pack_array(npy, rec, lambda: clip.id)
         a = int(rec.frame[i])
         out = codes[:, a : a + int(rec.count[i])]
         return out if mmap else np.array(out)
 
-    def _pack_array(self, npy: Path, rec: P.PackRecord, who: str) -> np.ndarray:
-        """The memory-mapped pack ``npy``, checked against its record (shape, dtype) and, once, its code range."""
+    def _pack_array(self, npy: Path, rec: P.PackRecord, who) -> np.ndarray:
+        """The memory-mapped pack ``npy``, checked against its record (shape, dtype) and, once, its code range.
+
+        Args:
+            npy: the pack.
+            rec: its record.
+            who: () -> the clip named in errors.
+        """
         try:
             arr = self._maps.get(npy)
         except (OSError, ValueError) as e:
-            raise LabelError(f"labels {npy} of clip {who} are unreadable: {e}") from e
+            raise LabelError(f"labels {npy} of clip {who()} are unreadable: {e}") from e
         expected = (self.n_codebooks, rec.frames)
         if arr.dtype != np.uint16 or arr.shape != expected:
             self._maps.drop(npy)
-            raise LabelError(f"labels {npy} of clip {who}: {arr.dtype} {arr.shape}, expected uint16 {expected} "
-                             f"(the {len(rec.id)} clips its record lists)")  # fmt: skip
+            raise LabelError(f"labels {npy} of clip {who()}: {arr.dtype} {arr.shape}, expected uint16 {expected} "
+                             f"(the {len(rec.offset)} clips its record lists)")  # fmt: skip
         if npy not in self._in_range:
-            self._check_range(npy, arr, lambda f: _clip_at(rec, f))
+            self._check_range(npy, arr, lambda f: _clip_at(self._full(rec), f))
             self._in_range.add(npy)
         return arr
 
@@ -390,40 +407,60 @@ class LabelStore:
             raise ValueError(f"crop [{start}, {start + length}) outside clip {clip.id} of {clip.length} samples")
         return np.array(self.load(clip, sample_rate)[:, crop_slice(start, length)])
 
+    def _full(self, rec: P.PackRecord) -> P.PackRecord:
+        """``rec`` with its clip ids and reasons (a table view's are read from its file; error paths only)."""
+        if rec.id is not None:
+            return rec
+        try:
+            full = P.read_record(P.pack_paths(self.root, rec.shard)[1])
+        except P.PackError:
+            full = None
+        if full is None or not np.array_equal(full.offset, rec.offset):
+            n = len(rec.offset)
+            return dataclasses.replace(rec, id=["?"] * n, reason=["? (record rewritten or deleted since)"] * n)
+        return full
+
     # ------------------------------------------------------------------------------------------ bulk
-    def records(self) -> list[P.PackRecord]:
-        """The committed pack records (packed layout), each file read once per change (one stat per pack).
+    def pack_table(self) -> P.RecordTable:
+        """Every committed pack record as columns (packed layout), refreshed by one stat per pack.
+
+        Starts from this process's last table, else from the record index; reads only the records whose stat
+        changed or that it lacks, and rewrites the index when it was out of date (best effort).
 
         Raises:
             LabelError: a record is unreadable or malformed (naming it).
         """
-        stamps = P.scan_records(self.root)
-        by_file = {}
-        for name, stamp in stamps.items():
-            rec = self._by_file.get(name) if self._stamps.get(name) == stamp else None
-            if rec is None:
-                try:
-                    rec = P.read_record(self.root / PACK_DIR / name)
-                except P.PackError as e:
-                    raise LabelError(str(e)) from e
-            if rec is not None:
-                by_file[name] = self._records[rec.shard] = rec
-        for name in self._by_file.keys() - by_file.keys():
-            self._records.pop(self._by_file[name].shard, None)  # uncommitted since
-        self._stamps, self._by_file = stamps, by_file
-        return list(by_file.values())
+        base = self._table or P.read_index(self.root) or P.empty_table(self.root)
+        try:
+            table, changed = P.refresh(self.root, base, None if base is self._table else P.RACY_NS)
+        except P.PackError as e:
+            raise LabelError(str(e)) from e
+        if changed:
+            P.write_index(self.root, table)
+        if table is not self._table:
+            self._table, self._records = table, {}  # per-clip lookups: views of the new table
+        return table
+
+    def records(self) -> list[P.PackRecord]:
+        """The committed pack records (views of :meth:`pack_table`; ``id`` and ``reason`` None).
+
+        Raises:
+            LabelError: a record is unreadable or malformed (naming it).
+        """
+        table = self.pack_table()
+        return [table.record(p) for p in range(len(table))]
 
     def match(self, clips: Any) -> P.Match:
         """Which clips of ``clips`` (a ``Corpus``, ``ClipList`` or Clip sequence) have committed labels, vectorised.
 
-        Packed: every record read once (:meth:`records`); per-clip: one listing per ``clips/<xx>`` directory.
+        Packed: the records' columns (:meth:`pack_table`); per-clip: one listing per ``clips/<xx>`` directory.
 
         Returns:
             A :class:`mert.teachers.packs.Match` in the order of ``clips`` (per-clip stores: ``state`` only).
         """
         cols = clips if isinstance(clips, P.ClipColumns) else P.ClipColumns.of(clips)
         if self.packed:
-            return P.match(self.records(), cols)
+            return P.match(self.pack_table(), cols)
         names: set[str] = set()
         for d in self.tmp_dirs():
             names.update(e.name for e in os.scandir(d) if e.name.endswith(".json"))
@@ -477,10 +514,11 @@ class LabelStore:
         packs, starts = np.unique(m.pack[by_pack], return_index=True)
         bounds = np.append(starts, rows.shape[0])
         for p, a, b in zip(packs, bounds[:-1], bounds[1:]):
-            rec, entries = m.records[int(p)], m.entry[by_pack[a:b]]
+            rec, entries = m.table.record(int(p)), m.entry[by_pack[a:b]]
             npy = P.pack_paths(self.root, rec.shard)[0]
             try:
-                arr = self._pack_array(npy, rec, _clip_at(rec, int(rec.frame[entries[0]])))
+                who = lambda r=rec, f=int(rec.frame[entries[0]]): _clip_at(self._full(r), f)  # noqa: E731
+                arr = self._pack_array(npy, rec, who)
                 _add_counts(hist, arr if entries.shape[0] == int((rec.frame >= 0).sum()) else
                             arr[:, P.frame_index(rec, entries)])  # fmt: skip
             except LabelError as e:

@@ -13,25 +13,48 @@ deletes an old record first, then writes the array, then the record (each atomic
 leaves at most an array without a record, which readers ignore and the next run rewrites.
 
 An entry is valid for a clip only if it sits at the clip's shard and offset *and* its (sha256, length) match
-the clip's. Bulk questions (which clips of a corpus are labelled) read every record once (one file per shard,
-never one per clip) and compare them with the corpus's columns (:class:`ClipColumns`) vectorised.
+the clip's. Bulk questions (which clips of a corpus are labelled) take the records as columns
+(:class:`RecordTable`: every pack's entries concatenated) and compare them with the corpus's columns
+(:class:`ClipColumns`) vectorised.
+
+The record index, a cache of those columns::
+
+    packs/index/records.npz   the RecordTable of the packs (ids and reasons excepted), plus the stat
+                              (st_ino, st_size, st_mtime_ns) each record had when it was read
+
+is one file replaced atomically (its ``meta`` member names the version), so concurrent writers never mix: the
+last one wins. A record file is always the truth: :func:`refresh` lists the packs directory once, stats every
+record, takes the packs whose stat matches the index from the index, and reads only the changed and new records
+(a deleted record drops out). A record stamped within ``RACY_NS`` of the scan that indexed it is read again
+(its rewrite could keep the stamp: git's "racily clean" entries). An index of another version, or unreadable,
+is ignored and rebuilt; on a read-only store it is simply not written. Clip ids and rejection reasons stay in the
+records, read lazily (error messages, the rejects report).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
+import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mert.utils.io import TMP_PREFIX, atomic_save_npy, atomic_write_json
+from mert.utils.io import TMP_PREFIX, atomic_save_npy, atomic_write, atomic_write_json
+
+log = logging.getLogger(__name__)
 
 PACK_DIR = "packs"
 PACK_VERSION = 1
+INDEX_PATH = Path(PACK_DIR, "index", "records.npz")
+INDEX_VERSION = 1
+RACY_NS = 1_000_000_000
+"""Index entries of records stamped less than this (ns) before the scan that stat'ed them are read again."""
 MAX_OPEN_PACKS = 32
 """Memory maps kept open per process (each holds a file descriptor): reading holds under ``ulimit -n 256``."""
 _KEY_SHIFT = 40  # (shard index << 40) | offset: one int64 key per clip (offsets < 2^40 samples, 1.4 years at 24 kHz)
@@ -91,13 +114,13 @@ class PackRecord:
     sample_rate: int
     n_codebooks: int
     frames: int
-    id: list[str]
+    id: list[str] | None  # None: a view of a RecordTable (RecordTable.full reads it)
     sha256: np.ndarray
     length: np.ndarray
     offset: np.ndarray
     frame: np.ndarray
     count: np.ndarray
-    reason: list[str]
+    reason: list[str] | None
 
     def to_json(self) -> dict[str, Any]:
         clips = {"id": self.id, "sha256": [s.decode() for s in self.sha256], "length": self.length.tolist(),
@@ -123,7 +146,7 @@ class PackRecord:
     def find(self, offset: int) -> int | None:
         """Index of the entry at sample ``offset`` of the shard (None if no entry starts there)."""
         i = int(np.searchsorted(self.offset, offset))
-        return i if i < len(self.id) and int(self.offset[i]) == offset else None
+        return i if i < len(self.offset) and int(self.offset[i]) == offset else None
 
 
 def pack_paths(root: Path, shard: str) -> tuple[Path, Path]:
@@ -163,18 +186,223 @@ def write_pack(root: Path, record: PackRecord, codes: np.ndarray) -> Path:
     return rec
 
 
-def scan_records(root: Path) -> dict[str, tuple[int, int]]:
-    """``{record file name: (size, mtime_ns)}`` of the committed packs (one directory scan, one stat per pack)."""
+def scan_records(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The committed records: one directory scan, one stat per pack.
+
+    Returns:
+        ``(names, stamps)``: (P,) str record file names, sorted, and (P, 3) int64 (st_ino, st_size, st_mtime_ns).
+    """
     try:
         entries = list(os.scandir(root / PACK_DIR))
     except FileNotFoundError:
-        return {}
-    out = {}
+        entries = []
+    names, stamps = [], []
     for e in entries:
         if e.name.endswith(".json") and not e.name.startswith(TMP_PREFIX):
             st = e.stat()
-            out[e.name] = (st.st_size, st.st_mtime_ns)
-    return out
+            names.append(e.name), stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    order = np.argsort(np.array(names, str), kind="stable")
+    return np.array(names, str)[order], np.array(stamps, np.int64).reshape(-1, 3)[order]
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(a, a + n) for a, n in zip(starts, counts)])``, vectorised (int64)."""
+    base = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return base + np.arange(int(counts.sum()), dtype=np.int64)
+
+
+_PACK_COLS = ("name", "shard", "teacher", "stamp", "seen_ns", "sample_rate", "n_codebooks", "frames")
+_ENTRY_COLS = ("sha256", "length", "offset", "frame", "count")
+
+
+@dataclass
+class RecordTable:
+    """Pack records as columns (the index's form): P packs sorted by record name, E entries in pack order.
+
+    Attributes:
+        name: (P,) str record file names (``shard-00000.json``), sorted.
+        shard: (P,) str audio shard names.
+        teacher: (P,) ``S64`` teacher hashes.
+        stamp: (P, 3) int64 (st_ino, st_size, st_mtime_ns) of each record, taken before it was read.
+        seen_ns: (P,) int64 wall clock (ns) of the scan that took ``stamp``.
+        sample_rate, n_codebooks, frames: (P,) int64, as in :class:`PackRecord`.
+        start: (P + 1,) int64: pack p holds entries ``start[p]:start[p + 1]``.
+        sha256: (E,) ``S64``; length, offset, frame, count: (E,) int64, as in :class:`PackRecord`.
+        root: the store (read lazily for clip ids and reasons; not saved).
+    """
+
+    name: np.ndarray
+    shard: np.ndarray
+    teacher: np.ndarray
+    stamp: np.ndarray
+    seen_ns: np.ndarray
+    sample_rate: np.ndarray
+    n_codebooks: np.ndarray
+    frames: np.ndarray
+    start: np.ndarray
+    sha256: np.ndarray
+    length: np.ndarray
+    offset: np.ndarray
+    frame: np.ndarray
+    count: np.ndarray
+    root: Path | None = None
+    _by_shard: dict[str, int] | None = field(default=None, repr=False)
+    _full: dict[int, PackRecord] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, records: list[PackRecord], names: np.ndarray, stamps: np.ndarray, seen_ns: int,
+           root: Path | None = None) -> RecordTable:  # fmt: skip
+        """From ``records`` read from files ``names`` (P,) with ``stamps`` (P, 3) at scan time ``seen_ns``."""
+        i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+        cat = lambda f, dt: np.concatenate([getattr(r, f) for r in records] + [np.zeros(0, dt)])  # noqa: E731
+        sizes = [len(r.offset) for r in records]
+        return cls(np.array(names, str), np.array([r.shard for r in records], str),
+                   np.array([r.teacher for r in records], "S64"), i64(stamps).reshape(-1, 3),
+                   np.full(len(records), seen_ns, np.int64), i64([r.sample_rate for r in records]),
+                   i64([r.n_codebooks for r in records]), i64([r.frames for r in records]),
+                   i64(np.r_[0, np.cumsum(sizes, dtype=np.int64)]), cat("sha256", "S64"), cat("length", np.int64),
+                   cat("offset", np.int64), cat("frame", np.int64), cat("count", np.int64), root)  # fmt: skip
+
+    def __len__(self) -> int:
+        return int(self.name.shape[0])
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """(P,) int64 entries per pack."""
+        return np.diff(self.start)
+
+    def take(self, packs: np.ndarray) -> RecordTable:
+        """The table of packs ``packs`` (int indices, in that order)."""
+        rows = _ranges(self.start[packs], self.sizes[packs])
+        per_pack = {k: getattr(self, k)[packs] for k in _PACK_COLS}
+        per_entry = {k: getattr(self, k)[rows] for k in _ENTRY_COLS}
+        return RecordTable(**per_pack, start=np.r_[0, np.cumsum(self.sizes[packs])].astype(np.int64), **per_entry,
+                           root=self.root)  # fmt: skip
+
+    def concat(self, other: RecordTable) -> RecordTable:
+        """This table's packs, then ``other``'s, sorted by record name."""
+        both = {k: np.concatenate([getattr(self, k), getattr(other, k)]) for k in _PACK_COLS + _ENTRY_COLS}
+        start = np.r_[0, np.cumsum(np.r_[self.sizes, other.sizes])].astype(np.int64)
+        out = RecordTable(**both, start=start, root=self.root or other.root)
+        order = np.argsort(out.name, kind="stable")
+        return out if np.all(order == np.arange(len(out))) else out.take(order)
+
+    def record(self, p: int) -> PackRecord:
+        """Pack ``p`` as a :class:`PackRecord` of views (``id`` and ``reason`` None: see :meth:`full`)."""
+        a, b = int(self.start[p]), int(self.start[p + 1])
+        return PackRecord(str(self.shard[p]), self.teacher[p].decode(), int(self.sample_rate[p]),
+                          int(self.n_codebooks[p]), int(self.frames[p]), None, self.sha256[a:b], self.length[a:b],
+                          self.offset[a:b], self.frame[a:b], self.count[a:b], None)  # fmt: skip
+
+    def pack_of(self, shard: str) -> int | None:
+        """The pack of audio shard ``shard`` (None if it has none)."""
+        if self._by_shard is None:
+            self._by_shard = {s: i for i, s in enumerate(self.shard.tolist())}
+        return self._by_shard.get(shard)
+
+    def full(self, p: int) -> PackRecord | None:
+        """Pack ``p``'s record file, read once (for its ids and reasons; None if gone).
+
+        Raises:
+            PackError: unreadable or malformed.
+        """
+        if p not in self._full and self.root is not None:
+            rec = read_record(self.root / PACK_DIR / str(self.name[p]))
+            if rec is None or not np.array_equal(rec.offset, self.record(p).offset):
+                return None  # rewritten since: its entries are no longer these
+            self._full[p] = rec
+        return self._full.get(p)
+
+    def reason(self, p: int, entry: int) -> str:
+        """Why entry ``entry`` of pack ``p`` was rejected (read from the record file)."""
+        try:
+            rec = self.full(p)
+        except PackError as e:
+            return f"? ({e})"
+        return rec.reason[entry] if rec is not None else "? (pack record rewritten or deleted since)"
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """What the index file holds."""
+        return {k: getattr(self, k) for k in _PACK_COLS + ("start",) + _ENTRY_COLS}
+
+    def valid(self) -> bool:
+        """Whether the columns are consistent (shapes, dtypes, sorted names, monotone starts)."""
+        p, e = len(self), int(self.sha256.shape[0])
+        if self.start.shape != (p + 1,) or self.stamp.shape != (p, 3) or int(self.start[0]) != 0:
+            return False
+        shapes = all(getattr(self, k).shape == (p,) for k in _PACK_COLS if k != "stamp")
+        shapes &= all(getattr(self, k).shape == (e,) for k in _ENTRY_COLS) and int(self.start[-1]) == e
+        kinds = self.name.dtype.kind == self.shard.dtype.kind == "U" and self.teacher.dtype == self.sha256.dtype
+        ints = all(getattr(self, k).dtype == np.int64 for k in _PACK_COLS[3:] + ("start",) + _ENTRY_COLS[1:])
+        return bool(shapes and kinds and ints and self.teacher.dtype == "S64" and np.all(np.diff(self.start) >= 0)
+                    and np.all(self.name[1:] > self.name[:-1]))  # fmt: skip
+
+
+def empty_table(root: Path | None = None) -> RecordTable:
+    """A table of no pack."""
+    return RecordTable.of([], np.zeros(0, str), np.zeros((0, 3), np.int64), 0, root)
+
+
+def read_index(root: Path) -> RecordTable | None:
+    """The store's record index (None if absent, of another version, unreadable or inconsistent)."""
+    path = root / INDEX_PATH
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if json.loads(z["meta"].tobytes()).get("version") != INDEX_VERSION:
+                return None
+            table = RecordTable(**{k: z[k] for k in _PACK_COLS + ("start",) + _ENTRY_COLS}, root=root)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        log.info("ignoring the unreadable pack index %s: %s", path, e)
+        return None
+    return table if table.valid() else None
+
+
+def write_index(root: Path, table: RecordTable) -> bool:
+    """Write ``table`` as the store's record index, atomically; best effort (False: not written, e.g. read-only)."""
+    meta = json.dumps({"version": INDEX_VERSION, "packs": len(table), "entries": int(table.start[-1])})
+    try:
+        with atomic_write(root / INDEX_PATH) as f:
+            np.savez(f, meta=np.frombuffer(meta.encode(), np.uint8), **table.columns())
+    except OSError as e:
+        log.debug("pack index %s not written: %s", root / INDEX_PATH, e)
+        return False
+    return True
+
+
+def refresh(root: Path, base: RecordTable, racy_ns: int | None = RACY_NS) -> tuple[RecordTable, bool]:
+    """The committed records as a table: ``base``'s packs whose stamp still matches, the others read again.
+
+    Args:
+        root: the store.
+        base: a table of (some of) its packs (the index, or this process's last table).
+        racy_ns: re-read the packs of ``base`` stamped less than this before ``base`` saw them (None: trust
+            every matching stamp, for a table this process read itself).
+
+    Returns:
+        ``(table, changed)``: ``changed`` if the table differs from ``base`` (an index worth rewriting).
+
+    Raises:
+        PackError: a record read is unreadable or malformed.
+    """
+    seen = time.time_ns()
+    names, stamps = scan_records(root)
+    pos = np.minimum(np.searchsorted(base.name, names), max(len(base) - 1, 0))
+    if not len(base):
+        base, pos = empty_table(root), np.zeros(names.shape[0], np.int64)
+        same = racy = np.zeros(names.shape[0], bool)
+    else:
+        same = (base.name[pos] == names) & np.all(base.stamp[pos] == stamps, axis=1)
+        racy = same & (stamps[:, 2] >= base.seen_ns[pos] - (racy_ns if racy_ns is not None else -(2**62)))
+    keep, read = pos[same & ~racy], np.flatnonzero(~same | racy)
+    got = [(i, r) for i in read.tolist() if (r := read_record(root / PACK_DIR / str(names[i]))) is not None]
+    rows = np.array([i for i, _ in got], np.int64)
+    fresh = RecordTable.of([r for _, r in got], names[rows], stamps[rows], seen, root)
+    kept = base if np.array_equal(keep, np.arange(len(base))) else base.take(keep)
+    table = kept.concat(fresh) if len(fresh) else kept
+    resolved = racy & (stamps[:, 2] < seen - (racy_ns or 0))  # racy then, not now: worth indexing again
+    return table, bool(np.any(~same) or same.sum() != len(base) or np.any(resolved))
 
 
 @dataclass(frozen=True)
@@ -183,46 +411,52 @@ class Match:
 
     Attributes:
         state: (N,) int8: 1 labelled, -1 recorded as rejected by labelling, 0 no valid entry (unlabelled).
-        pack: (N,) int64 index into ``records`` (-1 where ``state`` is 0).
-        entry: (N,) int64 entry of that record (-1 where ``state`` is 0).
-        records: the records matched against.
+        pack: (N,) int64 pack of ``table`` (-1 where ``state`` is 0).
+        entry: (N,) int64 entry of that pack (-1 where ``state`` is 0).
+        table: the records matched against.
     """
 
     state: np.ndarray
     pack: np.ndarray
     entry: np.ndarray
-    records: list[PackRecord]
+    table: RecordTable
 
     def reason(self, i: int) -> str:
-        """Why clip ``i`` (``state[i] == -1``) was rejected when its pack was labelled."""
-        return self.records[int(self.pack[i])].reason[int(self.entry[i])]
+        """Why clip ``i`` (``state[i] == -1``) was rejected when its pack was labelled (read from its record)."""
+        return self.table.reason(int(self.pack[i]), int(self.entry[i]))
 
 
-def match(records: list[PackRecord], cols: ClipColumns) -> Match:
+def _shard_index(table: RecordTable, shard_names: list[str]) -> np.ndarray:
+    """(P,) int64: each pack's audio shard as an index into ``shard_names`` (-1: not there)."""
+    names = np.array(shard_names, str)
+    if not names.shape[0] or not len(table):
+        return np.full(len(table), -1, np.int64)
+    order = np.argsort(names, kind="stable")
+    pos = np.minimum(np.searchsorted(names[order], table.shard), names.shape[0] - 1)
+    return np.where(names[order][pos] == table.shard, order[pos], -1).astype(np.int64)
+
+
+def match(table: RecordTable, cols: ClipColumns) -> Match:
     """Match every clip of ``cols`` with the entry at its shard and offset, valid only if (sha256, length) agree.
 
-    Vectorised: a sort of the entries and one ``searchsorted`` of the clips; no per-clip Python work.
+    Vectorised: a sort of the entries (skipped when already in key order) and one ``searchsorted`` of the clips.
     """
-    index = {s: i for i, s in enumerate(cols.shard_names)}
-    recs = [r for r in records if r.shard in index and len(r.id)]
-    n = len(cols)
+    n, sizes = len(cols), table.sizes
+    shard = np.repeat(_shard_index(table, cols.shard_names), sizes)  # (E,)
+    sel = np.flatnonzero(shard >= 0)
     none = np.full(n, -1, np.int64)
-    if not recs or not n:
-        return Match(np.zeros(n, np.int8), none, none.copy(), recs)
-    sizes = np.array([len(r.id) for r in recs], np.int64)
-    shard = np.repeat(np.array([index[r.shard] for r in recs], np.int64), sizes)
-    key = (shard << _KEY_SHIFT) | np.concatenate([r.offset for r in recs])
-    order = np.argsort(key, kind="stable")
+    if not sel.shape[0] or not n:
+        return Match(np.zeros(n, np.int8), none, none.copy(), table)
+    key = (shard[sel] << _KEY_SHIFT) | table.offset[sel]
+    order = None if np.all(key[1:] > key[:-1]) else np.argsort(key, kind="stable")
     want = cols.keys()
-    pos = np.minimum(np.searchsorted(key[order], want), key.shape[0] - 1)
-    j = order[pos]  # (N,) candidate entry, in concatenated numbering
-    sha, length = np.concatenate([r.sha256 for r in recs]), np.concatenate([r.length for r in recs])
-    ok = (key[j] == want) & (sha[j] == cols.sha256) & (length[j] == cols.length)
-    present = np.concatenate([r.frame for r in recs]) >= 0
-    state = np.where(ok, np.where(present[j], 1, -1), 0).astype(np.int8)
-    pack = np.repeat(np.arange(len(recs)), sizes)
-    entry = np.arange(key.shape[0]) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    return Match(state, np.where(ok, pack[j], -1), np.where(ok, entry[j], -1), recs)
+    pos = np.minimum(np.searchsorted(key if order is None else key[order], want), key.shape[0] - 1)
+    j = sel[pos if order is None else order[pos]]  # (N,) candidate entry, in table numbering
+    ok = (table.offset[j] == cols.offset) & (shard[j] == cols.shard)
+    ok &= (table.sha256[j] == cols.sha256) & (table.length[j] == cols.length)
+    state = np.where(ok, np.where(table.frame[j] >= 0, 1, -1), 0).astype(np.int8)
+    pack = np.searchsorted(table.start, j, side="right") - 1
+    return Match(state, np.where(ok, pack, -1), np.where(ok, j - table.start[pack], -1), table)
 
 
 def first_of_each(cols: ClipColumns, rows: np.ndarray) -> np.ndarray:
@@ -245,22 +479,21 @@ def first_of_each(cols: ClipColumns, rows: np.ndarray) -> np.ndarray:
     return rows[np.sort(order[np.r_[True, ~same]])]
 
 
-_NIBBLE = np.zeros(256, np.uint64)
-_NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint64)
-_NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint64)
+_NIBBLE = np.zeros(256, np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
 
 
 def _prefix64(sha: np.ndarray) -> np.ndarray:
-    """(N,) uint64: the first 16 hex digits of (N,) ``S64`` hashes."""
-    digits = np.frombuffer(np.ascontiguousarray(sha, "S64").tobytes(), np.uint8).reshape(-1, 64)[:, :16]
-    return (_NIBBLE[digits] << (np.uint64(4) * np.arange(15, -1, -1, dtype=np.uint64))).sum(axis=1, dtype=np.uint64)
+    """(N,) uint64: the first 16 hex digits of (N,) ``S64`` hashes (temporaries of 8 bytes per hash)."""
+    digits = np.ascontiguousarray(sha, "S64").view(np.uint8).reshape(-1, 64)[:, :16]
+    packed = (_NIBBLE[digits[:, 0::2]] << 4) | _NIBBLE[digits[:, 1::2]]  # (N, 8) bytes, most significant first
+    return np.ascontiguousarray(packed).view(">u8").reshape(-1).astype(np.uint64)
 
 
 def frame_index(record: PackRecord, entries: np.ndarray) -> np.ndarray:
     """(F',) int64 pack frames of ``entries`` (indices into ``record``), concatenated."""
-    starts, counts = record.frame[entries], record.count[entries]
-    base = np.repeat(starts - (np.cumsum(counts) - counts), counts)
-    return base + np.arange(int(counts.sum()))
+    return _ranges(record.frame[entries], record.count[entries])
 
 
 class PackMaps:

@@ -63,9 +63,10 @@ def test_packed_store_holds_exactly_the_per_clip_stores_labels(corpus_dir, tmp_p
     for clip in corpus:
         np.testing.assert_array_equal(new.load(clip, sample_rate=24_000), old.load(clip))
         np.testing.assert_array_equal(new.crop(clip, 320 * 3, 12_345), old.crop(clip, 320 * 3, 12_345))
-    assert sorted(p.name for p in (new.root / P.PACK_DIR).iterdir()) == [
+    assert sorted(p.name for p in (new.root / P.PACK_DIR).iterdir()) == ["index"] + [
         f"shard-0000{i}.{ext}" for i in range(3) for ext in ("json", "npy")
     ]
+    assert [p.name for p in (new.root / P.INDEX_PATH).parent.iterdir()] == [P.INDEX_PATH.name]
     pack = np.load(new.root / P.PACK_DIR / "shard-00000.npy")
     assert pack.dtype == np.uint16 and pack.shape == (2, sum(student_frames(c.length) for c in corpus.clips[:2]))
     assert not list(new.root.glob("clips"))

@@ -178,8 +178,9 @@ def test_label_params_section(tmp_path):
 
 
 def label_files(labels_dir: Path) -> dict[str, bytes]:
-    """Every label array and record of a labels directory (packs, or per-clip files), by path relative to it."""
-    found = sorted([*labels_dir.rglob("packs/*"), *labels_dir.rglob("clips/*/*")])
+    """Every label array and record of a labels directory (packs, or per-clip files), by path relative to it; the
+    record index (``packs/index/``, a cache holding file stats) is not compared."""
+    found = sorted([*(p for p in labels_dir.rglob("packs/*") if p.is_file()), *labels_dir.rglob("clips/*/*")])
     return {str(p.relative_to(labels_dir)): p.read_bytes() for p in found}
 
 
