@@ -394,7 +394,7 @@ def refresh(root: Path, base: RecordTable, racy_ns: int | None = RACY_NS) -> tup
         same = racy = np.zeros(names.shape[0], bool)
     else:
         same = (base.name[pos] == names) & np.all(base.stamp[pos] == stamps, axis=1)
-        racy = same & (stamps[:, 2] >= base.seen_ns[pos] - (racy_ns if racy_ns is not None else -(2**62)))
+        racy = np.zeros_like(same) if racy_ns is None else same & (stamps[:, 2] >= base.seen_ns[pos] - racy_ns)
     keep, read = pos[same & ~racy], np.flatnonzero(~same | racy)
     got = [(i, r) for i in read.tolist() if (r := read_record(root / PACK_DIR / str(names[i]))) is not None]
     rows = np.array([i for i, _ in got], np.int64)
@@ -462,21 +462,26 @@ def match(table: RecordTable, cols: ClipColumns) -> Match:
 def first_of_each(cols: ClipColumns, rows: np.ndarray) -> np.ndarray:
     """The rows of ``rows`` that hold the first occurrence of their (sha256, length), in row order.
 
-    Sorted by (first 64 bits of the hash, length), stably; exact: a 64-bit prefix shared by two different
-    hashes (about 3e-8 for 10^6 files) falls back to sorting the full hashes.
+    One sort of a 64-bit key per row (the first 64 bits of the hash mixed with the length), the first row of each
+    run of equal keys by ``minimum.reduceat``; exact: a key shared by two different (hash, length) pairs (about
+    3e-8 for 10^6 files) falls back to sorting the full hashes.
     """
     if rows.shape[0] < 2:
         return rows
-    sha, length, prefix = cols.sha256[rows], cols.length[rows], _prefix64(cols.sha256[rows])
-    order = np.lexsort((length, prefix))  # stable: the first row of each key comes first
-    s, n, p = sha[order], length[order], prefix[order]
-    same = (p[1:] == p[:-1]) & (n[1:] == n[:-1])
-    if np.any(s[1:][same] != s[:-1][same]):
+    sha, length = cols.sha256[rows], cols.length[rows]
+    key = _prefix64(sha) ^ (length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))  # wraps: a mix, not a sum
+    order = np.argsort(key)
+    k = key[order]
+    run = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])  # (G,) first position of each run of equal keys
+    same = np.ones(rows.shape[0], bool)
+    same[run] = False  # same[i]: position i continues the run of i - 1
+    s, n = sha[order], length[order]
+    if np.any(s[1:][same[1:]] != s[:-1][same[1:]]) or np.any(n[1:][same[1:]] != n[:-1][same[1:]]):
         keys = np.empty(rows.shape[0], [("sha", "S64"), ("length", np.int64)])
         keys["sha"], keys["length"] = sha, length
         _, first = np.unique(keys, return_index=True)
         return rows[np.sort(first)]
-    return rows[np.sort(order[np.r_[True, ~same]])]
+    return rows[np.sort(np.minimum.reduceat(order, run))]
 
 
 _NIBBLE = np.zeros(256, np.uint8)
