@@ -328,8 +328,9 @@ def _split_todo(store: LabelStore, corpus: Corpus, cols: ClipColumns, rows: tupl
                 ) -> tuple[list[ShardJob], list[tuple[Clip, str]]]:  # fmt: skip
     """The shards of ``rows`` still to label, and the clips rejected in committed packs; counts the cached ones.
 
-    Bulk: the store's records are read once and matched with ``cols`` (the range's columns) vectorised; Clip
-    objects are made only for the clips to label or report.
+    Bulk: the store's records (as columns: the record index, plus the records changed since) are matched with
+    ``cols`` (the range's columns) vectorised; Clip objects are made only for the clips to label or report, and
+    the reasons of rejected clips are read from their records.
 
     Args:
         store: the label store.

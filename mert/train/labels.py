@@ -143,9 +143,10 @@ def check_store(store, corpus: Corpus) -> dict[str, Any]:
     """Refuse a label store that cannot teach; return its code usage over the corpus's labelled clips.
 
     The usage comes from the store's ``usage.json`` (written by ``mert label``) when it counts exactly the clips
-    of ``corpus`` labelled in the store (one bulk match of the store against the corpus's columns: a read per
-    pack record, no file per clip) and the store's codebook size; otherwise it is recomputed here from every
-    labelled clip, which also checks every code against the codebook size.
+    of ``corpus`` labelled in the store (one bulk match of the store against the corpus's columns: the record
+    index and one stat per pack record, reading only records changed since the index; no file per clip) and the
+    store's codebook size; otherwise it is recomputed here from every labelled clip, which also checks every code
+    against the codebook size.
 
     Args:
         store: the ``LabelStore``.
