@@ -50,7 +50,7 @@ scale), so the error is at most 2^-16 and 1.0 reads as 32767 / 32768."""
 SHARD_CACHE = "shards.npz"
 """Under ``table/``: each shard's (size, mtime_ns, inode) and sample count when last verified."""
 MAX_OPEN_SHARDS = 64
-"""Default bound of the shard file-descriptor cache of :meth:`Corpus.read` (and of the maps of :meth:`Corpus.shard`)."""
+"""Default bound of the shard file-descriptor cache of :meth:`Corpus.read`."""
 
 
 class CorpusError(RuntimeError):
@@ -214,7 +214,6 @@ class Corpus:
             raise CorpusError(str(e)) from e
         self.clips = ClipList(self.table, _clip)
         self.max_open_shards = max_open_shards or default_max_open_shards()
-        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # shard(): memory maps, for tools
         self._fds: OrderedDict[str, tuple[int, int, int]] = OrderedDict()  # read(): (fd, data offset, samples)
         if verify:
             self.verify()
@@ -244,30 +243,6 @@ class Corpus:
     @property
     def total_seconds(self) -> float:
         return float(np.asarray(self.table.length).sum()) / self.sample_rate
-
-    def shard(self, name: str) -> np.ndarray:
-        """Memory-mapped 1-D shard in its stored dtype (float32 or int16), for tools that want the whole array;
-        cached, at most ``max_open_shards`` (readers of crops use :meth:`read`).
-        """
-        arr = self._maps.get(name)
-        if arr is not None:
-            self._maps.move_to_end(name)
-            return arr
-        path = self.root / SHARD_DIR / name
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError as e:
-            raise CorpusError(f"shard {path} listed in the manifest is missing") from e
-        except ValueError as e:
-            raise CorpusError(f"shard {path} is not a valid .npy file: {e}") from e
-        except OSError as e:
-            raise CorpusError(f"shard {path} cannot be opened: {e.strerror or e}") from e
-        if arr.dtype != np.dtype(self.dtype) or arr.ndim != 1:
-            raise CorpusError(f"shard {path}: expected 1-D {self.dtype}, got {arr.dtype} {arr.shape}")
-        self._maps[name] = arr
-        while len(self._maps) > self.max_open_shards:
-            self._maps.popitem(last=False)  # its file descriptor closes with the last view of it
-        return arr
 
     def verify(self) -> None:
         """Check every clip lies inside its shard; raise :class:`CorpusError` naming the first bad one.
