@@ -4,9 +4,9 @@ For each N (default 10^3 .. 10^6 clips, ``--per-shard`` clips per shard, each ``
 synthetic corpus in the ingested layout with **sparse** shard files (a valid ``.npy`` header, then a hole: no disk
 is used, reads return zeros) and a manifest, then, in a fresh process per N (so peak RSS is that N's alone):
 
-* ``open (cold)``: the first ``Corpus(root)`` (verification included); on this code it also builds ``table/``.
-  Reference: ``pandas.read_csv`` of the manifest.
-* ``open (warm)``: the next ``Corpus(root)`` (what every rank, every loader process and every stage pays).
+* ``open (cold)``: the first ``Corpus(root)`` (verification included), alone in a process; on this code it also
+  builds ``table/`` from the CSV (which ingestion normally writes). Reference: ``pandas.read_csv`` of the manifest.
+* ``open (warm)``: the next ``Corpus(root)``, in the measuring process (what every rank and every stage pays).
 * ``sampler``: ``CropSampler`` construction plus its ``fingerprint()`` (run identity / resume check). Reference:
   SHA-256 of N x 16 bytes (the floor of hashing the clip ids).
 * ``label open+check``: opening the label store and the before-training checks (``open_labels`` ->
@@ -126,7 +126,6 @@ def measure(root: Path, labels_dir: Path | None, steps: int, micro: int, workers
     from mert.train.labels import HashLabels, open_labels
 
     r: dict = {}
-    r["open_cold"], corpus = _t(S.Corpus, root)
     r["open_warm"], corpus = _t(S.Corpus, root)
     r["table_bytes_per_clip"] = table_bytes_per_clip(root)
     r["identity"], ids = _t(_identity, corpus)
@@ -269,6 +268,7 @@ ROWS = [
     ("ms / micro-batch, warm", "ms_batch", "ms", "ref_ms_batch", "bare open + preadv + close per crop"),
     ("RSS rank after setup + steps", "rss_rank_mb", "MB", None, ""),
     ("peak RSS rank", "peak_rss_rank_mb", "MB", None, ""),
+    ("peak RSS of the cold open", "peak_rss_cold_open_mb", "MB", None, ""),
     ("peak RSS loader worker", "rss_worker_mb", "MB", None, ""),
     ("PSS loader worker", "pss_worker_mb", "MB", None, ""),
     ("ingest first run", "ingest_first", "s", "ref_walk_stat", "os.walk + stat"),
@@ -322,8 +322,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpu-rate", type=float, default=3000.0, help="audio-s/s one GPU consumes")
     ap.add_argument("--worker-rate", type=float, default=None, help="audio-s/s of one loader worker (loader.py)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--cold", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     work = Path(args.workdir)
+    if args.cold:  # child: the first open of a corpus (table built from the CSV on this code), alone in a process
+        from mert.data import shards as S
+
+        t, _ = _t(S.Corpus, Path(args.cold))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"open_cold": t, "peak_rss_cold_open_mb": peak}))
+        return
     if args.one:  # child: measure one N
         root = Path(args.one)
         lab = root.parent / (root.name + "-labels")
@@ -343,14 +351,15 @@ def main(argv: list[str] | None = None) -> None:
         r["write_labels"], r["label_layout"] = t_lab, kind
         if not kind:
             shutil.rmtree(work / f"corpus-{n}-labels", ignore_errors=True)
-        _drop_table(root)  # the child's first open is the cold one
-        cmd = [sys.executable, __file__, "--one", str(root), "--steps", str(args.steps), "--micro", str(args.micro),
-               "--workers", str(args.workers)]  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-        if out.returncode:
-            print(out.stderr[-3000:], file=sys.stderr)
-            r["error"] = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"
-        else:
+        _drop_table(root)  # the first child's open is the cold one; the measuring child's is warm, as a rank's is
+        one = ["--one", str(root), "--steps", str(args.steps), "--micro", str(args.micro)]
+        one += ["--workers", str(args.workers)]
+        for cmd in ([sys.executable, __file__, "--cold", str(root)], [sys.executable, __file__, *one]):
+            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            if out.returncode:
+                print(out.stderr[-3000:], file=sys.stderr)
+                r["error"] = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"
+                break
             r.update(json.loads(out.stdout.strip().splitlines()[-1]))
         results[n] = r
         print(f"N={n}: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}),
