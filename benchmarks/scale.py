@@ -174,7 +174,7 @@ def _identity(corpus) -> list[str]:
 
     if hasattr(idn, "_manifest_sha256"):
         idn._manifest_sha256(corpus)
-        return np.char.decode(np.asarray(corpus.table.id), "ascii").tolist()
+        return corpus.clips.ids() if hasattr(corpus.clips, "ids") else np.char.decode(corpus.table.id, "ascii").tolist()
     sha256_file(Path(corpus.root) / "manifest.csv")
     return [c.id for c in corpus.clips]
 

@@ -316,6 +316,11 @@ class ClipList(Sequence):
         """The clips of table ``rows`` (absolute row numbers)."""
         return ClipList(self.table, self._make, rows)
 
+    def ids(self) -> list[str]:
+        """The clip ids of these rows as ``str`` (one join and split: ~0.1 s per 10^6 clips)."""
+        col = self.column("id")
+        return b"\n".join(col.tolist()).decode("ascii").split("\n") if len(col) else []
+
     def column(self, name: str) -> np.ndarray:
         """Column ``name`` of these rows."""
         col = np.asarray(self.table.columns[name])

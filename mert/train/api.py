@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from mert.train.identity import RunIdentityError
 from mert.train.params import PretrainParams
 
@@ -146,7 +144,7 @@ def _enter(out: Path, params: PretrainParams, profile, corpus, labels_arg, label
     from mert.train.trainer import build_configs
 
     current = idn.current_identity(profile, corpus, labels, *build_configs(profile, labels))
-    clips = np.char.decode(np.asarray(corpus.table.id), "ascii").tolist()  # from the column: no Clip per row
+    clips = corpus.clips.ids()  # from the id column: no Clip per row
     record = idn.read_record(out)
     ckpts = list_checkpoints(out / "checkpoints")
     reached = ckpts[-1][0] if ckpts else 0

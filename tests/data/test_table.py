@@ -222,6 +222,7 @@ def test_fingerprint_is_the_documented_hash_and_holdout_works_on_columns(tmp_pat
     ids = [c.id for c in train]
     assert smp.fingerprint() == sha256_json([ids, 7, 24000, 2, 2])
     assert smp.stream()["clips"] == sha256_json(ids) and smp.stream()["n_clips"] == 8
+    assert train.ids() == ids and corpus.clips.ids() == [c.id for c in corpus.clips]
 
 
 def test_verified_shards_are_cached_by_stat_and_a_replaced_shard_is_read_again(tmp_path, monkeypatch):
