@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 CLIPS_FILE = "corpus-clips.txt"
 FORMAT = 1
-CODE_PATHS = ("mert/model", "mert/train", "mert/teachers/cqt.py", "mert/data/shards.py")
+CODE_PATHS = ("mert/model", "mert/train", "mert/teachers/cqt.py", "mert/data/shards.py", "mert/data/table.py")
 """The code a run's weights depend on (model, objective, loop, CQT target, corpus reader); ``dvc.yaml``'s pretrain
 stage lists the same paths as deps (a test checks it)."""
 OPERATIONAL_FIELDS = frozenset(
