@@ -356,10 +356,11 @@ def ingest(
         bar.close()
     writer.flush()
     final = run.final_table(writer.clips)
-    if final is not table or run.restat:
+    if final is not table or run.restat or not (out / S.MANIFEST).exists():
         S.write_table(out, final)
     for rows in (out / S.SHARD_DIR).glob("shard-*.csv"):
         rows.unlink()  # the manifest holds these rows now
+    _write_caches(out)
 
     summary.rejected = len(rejects)
     summary.removed = table.n - summary.unchanged
@@ -370,6 +371,15 @@ def ingest(
     atomic_write_json(out / S.SUMMARY, summary.as_dict())
     assert summary.found == summary.ingested + summary.unchanged + summary.rejected
     return summary
+
+
+def _write_caches(out: Path) -> None:
+    """The corpus's reader caches, current for what this run leaves: ``table/`` (if the manifest outgrew it, e.g.
+    written by an older version) and ``table/shards.npz`` (readers never write them).
+    """
+    if S.ClipTable.load(out) is None:
+        S.ClipTable.from_csv(out / S.MANIFEST).save(out)
+    S.Corpus(out, verify=False).verify(save_cache=True)
 
 
 def _stat(e: os.DirEntry, src: str) -> tuple[str, str, int, int]:

@@ -244,12 +244,15 @@ class Corpus:
     def total_seconds(self) -> float:
         return float(np.asarray(self.table.length).sum()) / self.sample_rate
 
-    def verify(self) -> None:
+    def verify(self, save_cache: bool = False) -> None:
         """Check every clip lies inside its shard; raise :class:`CorpusError` naming the first bad one.
 
         Each shard is stat-ed; its sample count comes from ``table/shards.npz`` when the shard's (size, mtime,
-        inode) match what that cache recorded, else from its ``.npy`` header (opened, read, closed), and the cache
-        is rewritten (best effort) when anything was read.
+        inode) match what that cache recorded, else from its ``.npy`` header (opened, read, closed).
+
+        Args:
+            save_cache: rewrite ``table/shards.npz`` when a header was read (ingestion does; readers never write
+                into the corpus).
         """
         t = self.table
         if not t.n:
@@ -258,7 +261,7 @@ class Corpus:
         bad = np.flatnonzero((off < 0) | (length <= 0))
         need = np.zeros(len(t.shard_names), np.int64)
         np.maximum.at(need, shard, off + length)
-        have = self._shard_lengths()
+        have = self._shard_lengths(save_cache)
         short = np.flatnonzero(need > have)
         if short.size:
             s = int(short[0])
@@ -271,7 +274,7 @@ class Corpus:
                 f"but shard {c.shard} has {n} samples"
             )
 
-    def _shard_lengths(self) -> np.ndarray:
+    def _shard_lengths(self, save: bool) -> np.ndarray:
         """(S,) samples of each shard of the table (see :meth:`verify`)."""
         names = self.table.shard_names
         d = str(self.root / SHARD_DIR)
@@ -290,7 +293,7 @@ class Corpus:
         todo = np.flatnonzero(lengths < 0)
         for i in todo:
             lengths[i] = self._shard_samples(names[int(i)])
-        if todo.size:
+        if todo.size and save:
             self._save_lengths(names, stat, lengths)
         return lengths
 

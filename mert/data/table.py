@@ -7,8 +7,9 @@ from. Opening a corpus of 10^6 clips then costs a stat and a few ``np.load(mmap_
 parsing 10^6 CSV rows into Python objects; loader processes share the mapped pages through the page cache, so a
 worker holds no per-clip Python object (a :class:`mert.data.shards.Clip` is made on demand for the rows it reads).
 
-A table whose recorded manifest stat does not match the manifest on disk (a manifest edited or rewritten by an
-older version) is rebuilt from the CSV (``pandas.read_csv``) and rewritten when the directory is writable.
+A table whose manifest no longer matches (a manifest edited by hand or written by an older version) is rebuilt in
+memory from the CSV (pyarrow's reader); readers never write into the corpus (it may be a DVC output, read-only or
+shared by many ranks): ``mert ingest`` (even an unchanged re-run) writes the table and the shard cache.
 """
 
 from __future__ import annotations
@@ -207,7 +208,9 @@ class ClipTable:
 
     @classmethod
     def load(cls, root: Path) -> ClipTable | None:
-        """The table under ``root/table/`` if it is complete and matches ``root/manifest.csv``'s stat, else None."""
+        """The table under ``root/table/`` if it is complete and matches ``root/manifest.csv`` (its size and mtime,
+        or, when those differ as after a copy or a DVC checkout, its SHA-256), else None.
+        """
         d = root / TABLE_DIR
         try:
             meta = json.loads((d / TABLE_META).read_text())
@@ -215,8 +218,10 @@ class ClipTable:
         except (OSError, ValueError):
             return None
         m = meta.get("manifest", {})
-        if meta.get("version") != TABLE_VERSION or [m.get("size"), m.get("mtime_ns")] != now:
+        if meta.get("version") != TABLE_VERSION:
             return None
+        if [m.get("size"), m.get("mtime_ns")] != now and sha256_file(root / "manifest.csv") != m.get("sha256"):
+            return None  # the stat differs (a copy, a DVC checkout) and so does the content
         try:
             cols = {k: np.load(d / f"{k}.npy", mmap_mode="r") for k in _COLUMN_FILES}
             blob = np.load(d / "source_blob.npy", mmap_mode="r")
@@ -262,8 +267,12 @@ _FIELDS = ("id", "source", "sha256", "duration_s", "orig_sr", "channels", "forma
 _COLUMN_FILES = (*INT_COLUMNS, *BYTES_COLUMNS, "duration_s", "format")
 
 
-def open_table(root: Path, write: bool = True) -> ClipTable:
-    """The corpus's table: the saved one if current, else built from ``manifest.csv`` (and saved if ``write``)."""
+def open_table(root: Path, write: bool = False) -> ClipTable:
+    """The corpus's table: the saved one if current, else built from ``manifest.csv`` (and saved if ``write``).
+
+    Readers pass ``write=False``: a reader never writes into a corpus directory (it may be a DVC output, read-only,
+    or shared by many ranks); ingestion writes the table.
+    """
     table = ClipTable.load(root)
     if table is not None:
         return table

@@ -33,8 +33,10 @@ mismatched or out-of-range labels are never returned (an out-of-range code would
 opaque device assert). Readers keep at most ``packs.MAX_OPEN_PACKS`` memory maps open; bulk questions
 (:meth:`LabelStore.match`, :meth:`LabelStore.usage`) take the records as columns (:meth:`LabelStore.pack_table`):
 from the record index for every record whose stat it matches, reading only the changed and new records (never
-one file per clip), and rewrite the index when it was out of date. The records are the truth, the index only a
-cache: concurrent writers stay correct and a read-only store still opens (it reads what the index misses).
+one file per clip); a labelling run (a store from :meth:`LabelStore.create`) rewrites the index when it was out of
+date, readers never write into the store (it may be a DVC output or shared by many ranks). The records are the
+truth, the index only a cache: concurrent writers stay correct and a read-only store still opens (it reads what
+the index misses).
 Per-clip lookups after a bulk question take their record from that table (ids and reasons read lazily).
 """
 
@@ -106,6 +108,7 @@ class LabelStore:
         self._in_range: set[Path] = set()  # label files whose codes were checked against codebook_limits
         self._records: dict[str, P.PackRecord] = {}  # by audio shard name: committed packs seen by this process
         self._table: P.RecordTable | None = None  # every committed record, as of the last pack_table()
+        self.index_writer = False  # rewrite packs/index/ when stale: writers only (create); readers never write
         self._maps = P.PackMaps()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -150,7 +153,9 @@ class LabelStore:
                 raise LabelError(f"{path} holds teacher {old.get('hash')}, not {identity['hash']}")
         else:
             atomic_write_json(path, {**identity, "layout": layout})
-        return cls(root)
+        store = cls(root)
+        store.index_writer = True  # a labelling run: it keeps the record index current for the readers
+        return store
 
     @classmethod
     def open(cls, labels_dir: str | Path, name: str | None = None) -> LabelStore:
@@ -435,7 +440,7 @@ class LabelStore:
             table, changed = P.refresh(self.root, base, None if base is self._table else P.RACY_NS)
         except P.PackError as e:
             raise LabelError(str(e)) from e
-        if changed:
+        if changed and self.index_writer:
             P.write_index(self.root, table)
         if table is not self._table:
             self._table, self._records = table, {}  # per-clip lookups: views of the new table

@@ -228,7 +228,7 @@ def test_fingerprint_is_the_documented_hash_and_holdout_works_on_columns(tmp_pat
 def test_verified_shards_are_cached_by_stat_and_a_replaced_shard_is_read_again(tmp_path, monkeypatch):
     clips = [(f"{i}.wav", noise(1.0, 24000, seed=i), None) for i in range(6)]
     write_corpus_arrays(tmp_path / "c", clips, 24000, per_shard=2)
-    S.Corpus(tmp_path / "c")  # reads the 3 headers, writes table/shards.npz
+    S.Corpus(tmp_path / "c", verify=False).verify(save_cache=True)  # reads the 3 headers, writes table/shards.npz
     reads = {"n": 0}
     real = S.read_npy_header
 
@@ -255,3 +255,19 @@ def test_a_shard_truncated_after_opening_is_a_corpus_error_naming_it(tmp_path):
     np.testing.assert_array_equal(corpus.audio(corpus.clips[0]), clips[0][1])
     with pytest.raises(S.CorpusError, match=r"shard-00000.npy is truncated: read \d+ of 96000 bytes"):
         corpus.audio(corpus.clips[1])
+
+
+def test_readers_never_write_into_a_corpus_and_a_copy_needs_no_rebuild(src, tmp_path, monkeypatch):
+    """A corpus may be a DVC output (restored as copies: new mtimes and inodes), read-only, or shared by ranks."""
+    import shutil
+
+    out = tmp_path / "c"
+    ingest(src, out, P, progress=False)
+    assert (out / "table" / "shards.npz").exists()  # ingestion leaves the readers' caches current
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)  # every file new: the stat checks all fail
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*")}
+    monkeypatch.setattr(S.ClipTable, "from_csv", lambda *a: pytest.fail("the table was rebuilt"))
+    corpus = S.Corpus(copy)  # the table is valid by its manifest hash; the shards by their headers
+    assert len(corpus) == 6 and corpus.audio(corpus.clips[2]).shape == (corpus.clips[2].length,)
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*")} == before  # nothing written

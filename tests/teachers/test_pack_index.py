@@ -39,6 +39,13 @@ def age(store: LabelStore, seconds: float = 10.0) -> None:
         os.utime(f, ns=(t, t))
 
 
+def writer(root) -> LabelStore:
+    """The store as a labelling run holds it (``LabelStore.create``): it rewrites a stale index."""
+    store = LabelStore(root)
+    store.index_writer = True
+    return store
+
+
 def indexed_store(tmp_path, corpus: S.Corpus) -> LabelStore:
     """A packed store of random codes whose index is current (built by ``write_usage``, as ``mert label`` does)."""
     store = LabelStore.create(tmp_path / "labels", "x", EnergyTeacher().identity())
@@ -58,14 +65,14 @@ def assert_same_table(a: P.RecordTable, b: P.RecordTable) -> None:
 def test_a_current_index_is_used_and_equals_the_records(tmp_path, corpus, reads):
     store = indexed_store(tmp_path, corpus)
     reads.clear()
-    fresh = LabelStore(store.root)
+    fresh = writer(store.root)
     assert fresh.match(corpus).state.tolist() == [1] * 6 and reads == []  # every record from the index
     assert open_labels(store.root, corpus).usage["clips"] == 6 and reads == []
     whole = P.refresh(store.root, P.empty_table(store.root))[0]  # every record read
     assert_same_table(fresh.pack_table(), whole) and len(whole) == 3 and len(reads) == 3
     assert [fresh.has(c) for c in corpus] == [True] * 6 and len(reads) == 3  # per clip: views of the table
     clip = corpus.clips[3]
-    np.testing.assert_array_equal(fresh.load(clip), LabelStore(store.root).load(clip))
+    np.testing.assert_array_equal(fresh.load(clip), writer(store.root).load(clip))
 
 
 def test_a_record_rewritten_after_the_index_is_read_again(tmp_path, corpus, reads):
@@ -76,18 +83,18 @@ def test_a_record_rewritten_after_the_index_is_read_again(tmp_path, corpus, read
     rec = json.loads(path.read_text())
     path.write_text(json.dumps({**rec, "teacher": "f" * 64}))  # same size, other content: the stat still differs
     reads.clear()
-    fresh = LabelStore(store.root)
+    fresh = writer(store.root)
     m = fresh.match(corpus)
     assert m.state.tolist() == [1, 1, -1, -1, 1, 1] and sorted(reads) == ["shard-00001.json", "shard-00002.json"]
     assert [m.reason(i) for i in (2, 3)] == ["unreadable: x", "unreadable: y"]  # read lazily from the record
     assert fresh.pack_table().teacher[2] == b"f" * 64
     reads.clear()
-    assert LabelStore(store.root).match(corpus).state.tolist() == [1, 1, -1, -1, 1, 1]
+    assert writer(store.root).match(corpus).state.tolist() == [1, 1, -1, -1, 1, 1]
     assert sorted(reads) == ["shard-00001.json", "shard-00002.json"]  # index rewritten, but still racily new
     age(store)
-    assert LabelStore(store.root).match(corpus).state[2] == -1
+    assert writer(store.root).match(corpus).state[2] == -1
     reads.clear()
-    assert LabelStore(store.root).match(corpus).state[2] == -1 and reads == []  # trusted once old enough
+    assert writer(store.root).match(corpus).state[2] == -1 and reads == []  # trusted once old enough
 
 
 def test_a_new_pack_is_seen_and_a_deleted_record_disappears(tmp_path, corpus, reads):
@@ -95,12 +102,12 @@ def test_a_new_pack_is_seen_and_a_deleted_record_disappears(tmp_path, corpus, re
     npy, rec = P.pack_paths(store.root, "shard-00001.npy")
     rec.unlink()
     reads.clear()
-    assert LabelStore(store.root).match(corpus).state.tolist() == [1, 1, 0, 0, 1, 1] and reads == []
+    assert writer(store.root).match(corpus).state.tolist() == [1, 1, 0, 0, 1, 1] and reads == []
     assert len(P.read_index(store.root)) == 2  # rewritten without it
     write_random_packs(store, S.Corpus(corpus.root))  # every shard again: shard-00001 is new to the index
     age(store)
     reads.clear()
-    fresh = LabelStore(store.root)
+    fresh = writer(store.root)
     assert fresh.match(corpus).state.tolist() == [1] * 6 and len(reads) == 3  # each record rewritten: re-read
     assert fresh.records()[1].shard == "shard-00001.npy" and len(P.read_index(store.root)) == 3
 
@@ -120,8 +127,8 @@ def test_a_corrupt_or_foreign_index_is_ignored_and_rebuilt(tmp_path, corpus, rea
         np.savez(path, **{**cols, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
     assert P.read_index(store.root) is None
     reads.clear()
-    assert LabelStore(store.root).match(corpus).state.tolist() == [1] * 6 and len(reads) == 3
-    assert_same_table(P.read_index(store.root), LabelStore(store.root).pack_table())
+    assert writer(store.root).match(corpus).state.tolist() == [1] * 6 and len(reads) == 3
+    assert_same_table(P.read_index(store.root), writer(store.root).pack_table())
 
 
 def test_a_read_only_store_opens_without_its_index(tmp_path, corpus, reads, monkeypatch):
@@ -154,3 +161,14 @@ def test_match_without_index_equals_the_per_record_match(tmp_path, corpus):
     for i, c in enumerate(both[:6]):
         rec = store.pack_table().record(int(m.pack[i]))
         assert rec.shard == c.shard and int(rec.offset[int(m.entry[i])]) == c.offset
+
+
+def test_a_reader_never_writes_the_index(tmp_path, corpus, reads):
+    """``mert pretrain`` reads a store that may be a DVC output: a stale index is worked around, never rewritten."""
+    store = indexed_store(tmp_path, corpus)
+    path = store.root / P.INDEX_PATH
+    before = path.read_bytes()
+    P.pack_paths(store.root, "shard-00001.npy")[1].unlink()  # the index is now stale
+    reads.clear()
+    assert LabelStore(store.root).match(corpus).state.tolist() == [1, 1, 0, 0, 1, 1] and reads == []
+    assert path.read_bytes() == before
