@@ -122,7 +122,7 @@ def write_table(root: Path, table: ClipTable) -> None:
 def _column_for_csv(table: ClipTable, k: str):
     c = table.columns
     if k == "source":
-        return [table.source(i) for i in range(table.n)]
+        return table.sources()  # one pass over the blob, not a slice per row
     if k == "shard":
         return np.asarray(table.shard_names, dtype=object)[np.asarray(c["shard"])] if table.n else []
     if k == "format":
