@@ -4,9 +4,26 @@
 Every result carries its evidence (95% bootstrap CI over test clips, n test, majority rate) and the per-clip
 record that :mod:`mert.probe.evidence` compares results on (``mert probe-compare``, the flow's verdict lines).
 Nothing here imports MLflow: registry URIs and run logging go through ``mert.tracking`` when it exists.
+
+Exports are lazy so that the CLI (``mert.probe.commands``) and the light submodules (``evidence``, ``metrics``) import
+without torch.
 """
 
-from mert.probe.api import probe, resolve_task
-from mert.probe.tasks import KINDS, Example, Task, TaskError, load_task
+import importlib
 
-__all__ = ["KINDS", "Example", "Task", "TaskError", "load_task", "probe", "resolve_task"]
+_EXPORTS = {
+    "probe": "mert.probe.api",
+    "resolve_task": "mert.probe.api",
+    "KINDS": "mert.probe.tasks",
+    "Example": "mert.probe.tasks",
+    "Task": "mert.probe.tasks",
+    "TaskError": "mert.probe.tasks",
+    "load_task": "mert.probe.tasks",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mert.probe' has no attribute {name!r}")

@@ -6,7 +6,24 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from mert.params import section
-from mert.probe.sweep import SweepConfig
+
+
+@dataclass
+class SweepConfig:
+    """Probe-training settings (the ``probe`` section of params.yaml carries them)."""
+
+    lrs: tuple[float, ...] = (5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)  # the MARBLE grid (reference section 5)
+    max_epochs: int = 100
+    patience: int = 10
+    batch_size: int = 64
+    hidden: int = 512
+    dropout: float = 0.2
+    seed: int = 0
+    weighted_sum: bool = True
+    beat_tolerance: float = 0.07
+    beat_negative_fraction: float = 1.0  # 1.0 = every frame (MARBLE); see ProbeParams
+    threads: int = 1  # intra-op threads while training probes (tiny matmuls: more threads only spin)
+
 
 REFERENCE_LRS = list(SweepConfig.lrs)  # one copy of the reference grid: SweepConfig's default
 """MARBLE's LR grid (reference section 5)."""

@@ -23,27 +23,11 @@ from torch import Tensor, nn
 from mert.probe import beats as beat_utils
 from mert.probe import metrics
 from mert.probe.features import Features
+from mert.probe.params import SweepConfig
 from mert.probe.probes import MLPProbe, SplitData, clip_mean
 from mert.probe.tasks import CLASS_KINDS, SPLITS, Task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SweepConfig:
-    """Probe-training settings (the ``probe`` section of params.yaml carries them)."""
-
-    lrs: tuple[float, ...] = (5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)  # the MARBLE grid (reference section 5)
-    max_epochs: int = 100
-    patience: int = 10
-    batch_size: int = 64
-    hidden: int = 512
-    dropout: float = 0.2
-    seed: int = 0
-    weighted_sum: bool = True
-    beat_tolerance: float = 0.07
-    beat_negative_fraction: float = 1.0  # 1.0 = every frame (MARBLE); see ProbeParams
-    threads: int = 1  # intra-op threads while training probes (tiny matmuls: more threads only spin)
 
 
 @dataclass
