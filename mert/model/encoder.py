@@ -408,7 +408,7 @@ class MERT(nn.Module):
                 GroupNorm use its own samples, the positional conv sees zeros past its end, attention ignores
                 padded frames, and its frames past ``config.num_frames(length)`` are zero in the output
                 (``frame_mask`` says which are valid). ``transformers.HubertModel`` differs on group-norm
-                models: its GroupNorm spans the padding too (see the README, "The model").
+                models: its GroupNorm spans the padding too (see docs/model.md).
 
         Returns:
             :class:`MERTOutput` with tensors of T = ``config.num_frames(L)`` frames: ``last_hidden_state``

@@ -158,7 +158,7 @@ def test_cqt_config_rejected(tmp_path):
 
 @pytest.mark.parametrize("stable", [False, True], ids=["post-LN", "pre-LN"])
 def test_padded_batch_against_hubert_attention_mask(tmp_path, stable):
-    """``HubertModel(input_values, attention_mask)`` on a padded batch vs ours (what the README documents).
+    """``HubertModel(input_values, attention_mask)`` on a padded batch vs ours (what docs/model.md documents).
 
     The unpadded row agrees. For the padded row, our features equal HubertModel's on the clip alone, while
     HubertModel's own padded output differs from it: its layer-0 GroupNorm (group-norm models such as MERT) takes
