@@ -49,10 +49,12 @@ class CosineLabelHead(nn.Module):
         """
         proj = self.final_proj(x).float().view(x.shape[0], self.n_codebooks, self.final_dim)  # (N, K, F)
         emb = self.label_embs_concat.float().view(self.n_codebooks, self.codebook_size, self.final_dim)  # (K, C, F)
-        # torch.cosine_similarity semantics: each vector divided by max(norm, eps), eps 1e-8.
-        proj = F.normalize(proj, dim=-1, eps=1e-8)
+        # torch.cosine_similarity semantics: each vector divided by max(norm, eps), eps 1e-8. The temperature scales
+        # the (N, K, F) projections rather than the (K, N, C) logits: C / F = 16 times fewer elements, one pass fewer
+        # over the logits forward and backward (equal up to float rounding; tested against the reference formula).
+        proj = F.normalize(proj, dim=-1, eps=1e-8) / self.logit_temp
         emb = F.normalize(emb, dim=-1, eps=1e-8)
-        return torch.einsum("nkf,kcf->knc", proj, emb) / self.logit_temp  # (K, N, C)
+        return torch.bmm(proj.transpose(0, 1), emb.transpose(1, 2))  # (K, N, F) @ (K, F, C) -> (K, N, C)
 
 
 class SoftmaxLabelHead(nn.Module):

@@ -94,7 +94,9 @@ def probe(
     from mert.probe.features import extract
     from mert.probe.models import load_model
     from mert.probe.report import write_outputs
+    from mert.utils.runtime import tune_allocator
 
+    tune_allocator()  # extraction and probe training reuse large buffers: keep them off mmap (mert/utils/runtime.py)
     params = params or ProbeParams()
     task = resolve_task(task_dir, task_type, params)
     log.info("task %s (%s): %s clips per split", task.name, task.kind, task.counts())

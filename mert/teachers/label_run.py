@@ -41,6 +41,7 @@ from mert.teachers.base import HOP, WINDOW, TargetExtractor, TeacherError, stude
 from mert.teachers.labels import LabelStore, UntrainableLabels
 from mert.teachers.packs import ClipColumns, first_of_each
 from mert.utils.io import atomic_write_csv, remove_stale_tmp
+from mert.utils.runtime import tune_allocator
 
 log = logging.getLogger(__name__)
 
@@ -454,6 +455,7 @@ def label_corpus(
             loud warning and ``usage.json`` records ``single_code_allowed`` for ``mert pretrain``.
     """
     t0 = time.perf_counter()
+    tune_allocator()  # the teacher's batch buffers are reused, not re-mapped (mert/utils/runtime.py)
     corpus = Corpus(corpus_dir, verify=False)  # a bad shard rejects its clips, not the run
     if corpus.sample_rate != teacher.sample_rate:
         raise TeacherError(f"corpus at {corpus.sample_rate} Hz but teacher {teacher.name} needs {teacher.sample_rate}")

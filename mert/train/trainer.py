@@ -30,6 +30,7 @@ from mert.train.distributed import DistInfo, all_reduce_mean, unwrap, wrap_model
 from mert.train.labels import LabelSource
 from mert.train.optim import build_optimizer, build_scheduler, lr_factor
 from mert.train.params import Profile
+from mert.utils.runtime import tune_allocator
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class Trainer:
     def setup(self) -> Trainer:
         """Build the model, CQT, optimiser, schedule, data; resume from the newest checkpoint if one exists."""
         p, dev = self.p, self.info.device
+        tune_allocator()  # no page faults for the step's large temporaries (mert/utils/runtime.py)
         latest = ckpt.latest_checkpoint(self.ckpt_dir)
         torch.manual_seed(p.seed)  # identical init on every rank
         self.encoder_config, self.objective = build_configs(p, self.labels)
