@@ -24,8 +24,8 @@ synthetic clips.
 **Scaling** (``--scaling``): EnCodec labelling throughput (x real time) vs batch size (``label_corpus`` in this
 process, ``--threads`` threads, default 1), and vs worker processes: N concurrent ``mert label`` processes under
 ``RANK``/``WORLD_SIZE`` (what ``torchrun`` sets; one thread each), each labelling its block of the manifest into the
-same store, which is the multi-node path too (docs/teachers.md, "Labelling at corpus scale"). Per N: x real time over the
-whole wall time (process start and teacher build included) and over the labelling alone (the slowest rank's
+same store, which is the multi-node path too (docs/teachers.md, "Labelling at corpus scale"). Per N: x real time over
+the whole wall time (process start and teacher build included) and over the labelling alone (the slowest rank's
 ``wall_seconds``), the speed-up over one process, and the 1-min load average. Usage::
 
     .venv/bin/python benchmarks/teachers.py [--clips 8] [--seconds 40] [--batch 8] [--weights random]
