@@ -6,20 +6,40 @@ right shapes (the CQT teacher's own cost is benchmarked elsewhere).
 
     python benchmarks/train_step.py [--presets mert-tiny mert-95m] [--batch 2] [--seconds 5] [--steps 3]
 
-Prints samples/s, audio-seconds/s and achieved FLOP/s; on CUDA also bf16-autocast rows and MFU. FLOPs per
-step are counted analytically (fwd + bwd = 3 x fwd, 2 FLOPs per multiply-add):
+Prints samples/s, audio-seconds/s and achieved FLOP/s; on CUDA also bf16-autocast rows and MFU.
+
+``--profile NAME`` instead times the trainer's own step (``Trainer.train_step`` of a ``params.yaml`` profile, e.g. the
+main job's ``mert-small-lowcqt``: its micro-batches, CQT target, objective, optimiser and clipping, fed by its loader
+from a synthetic corpus with random labels), beside the machine's FLOP bound: float32 matmul GFLOP/s measured in the
+same run (1 thread and every thread) divided by the step's analytic FLOPs per audio-second. ``--ref REV`` runs the
+same measurement on the library of another commit (a temporary ``git worktree``; the runs alternate, ``--rounds``
+each, so load on a shared machine hits both alike) and prints both, with CPU seconds per step (all threads of the
+process: robust to other load) next to the wall time::
+
+    python benchmarks/train_step.py --profile mert-small-lowcqt --ref 647fdcf [--steps 20] [--rounds 3]
+
+FLOPs per step are counted analytically (fwd + bwd = 3 x fwd, 2 FLOPs per multiply-add):
 
     conv   = 6 * B * sum_l C_in,l * C_out,l * k_l * T_l          (conv feature extractor, T_l frames of layer l)
     dense  = 6 * P_tok * B * T                                 (P_tok: encoder params minus the conv extractor)
     attn   = 12 * n_layers * B * T^2 * D                       (QK^T and AV)
-    heads  = 6 * (P_heads + K * C * F) * N                     (N masked frames; K*C*F: cosine logits)
+    heads  = 6 * (P_heads + K * C * F) * N                     (N masked frames, every frame with pred_nomask_weight;
+                                                               K*C*F: cosine logits)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,6 +67,8 @@ def step_flops(model: MERTPretrainingModel, batch: int, samples: int, mask_frac:
     p_tok = sum(p.numel() for p in model.mert.parameters()) - p_conv
     p_heads = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("mert.") and "label_embs" not in n)
     n_masked = mask_frac * batch * frames
+    if getattr(pc, "pred_nomask_weight", 0) > 0:  # the heads predict the unmasked frames too
+        n_masked = batch * frames
     cosine = pc.n_codebooks * pc.codebook_size * pc.final_dim if pc.head == "nce" else 0
     return {
         "conv": conv_flops(model, batch, samples),
@@ -115,6 +137,118 @@ def run(name: str, args, device: torch.device, bf16: bool) -> dict[str, float | 
     return row
 
 
+# ---------------------------------------------------------------------------------------------- --profile mode
+def sgemm_gflops(threads: int, seconds: float = 1.0, n: int = 1024) -> float:
+    """Dense float32 matmul throughput of this machine with ``threads`` intra-op threads (GFLOP/s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(3):
+            a @ b
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            reps += 1
+        return 2.0 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+    finally:
+        torch.set_num_threads(before)
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def profile_child(args) -> dict:
+    """One measurement of ``Trainer.train_step`` of ``args.profile`` with the library on ``sys.path`` (JSON row)."""
+    from loader import write_corpus, write_labels
+
+    from mert.train.distributed import DistInfo
+    from mert.train.params import PROFILES
+    from mert.train.trainer import Trainer
+
+    prof = dataclasses.replace(PROFILES[args.profile], max_steps=10**6, val_interval=0, save_interval=10**6)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = write_corpus(Path(tmp) / "corpus", 24, 20.0, per_shard=8)
+        labels = write_labels(Path(tmp) / "labels", corpus)
+        t = Trainer(prof, corpus, labels, Path(tmp) / "run", DistInfo(device=torch.device("cpu"))).setup()
+        it = iter(t.loader)
+        try:
+            for _ in range(args.warmup):
+                t.train_step(next(it))
+            wall = cpu = flops = audio = 0.0
+            for _ in range(args.steps):
+                w0, c0 = time.perf_counter(), cpu_seconds()
+                batches = next(it)
+                m = t.train_step(batches)
+                float(m["loss/total"])
+                wall, cpu = wall + time.perf_counter() - w0, cpu + cpu_seconds() - c0
+                for b in batches:
+                    B, L = b.wav.shape
+                    audio += B * L / 24_000
+                    flops += sum(step_flops(t.raw_model, B, L, float(m["mask_frac"])).values())
+        finally:
+            it.close()
+    return {"s_per_step": wall / args.steps, "cpu_s_per_step": cpu / args.steps, "audio_s_per_s": audio / wall,
+            "gflop_per_audio_s": flops / audio / 1e9, "threads": torch.get_num_threads()}  # fmt: skip
+
+
+def worktree(rev: str, root: Path) -> Path:
+    """A detached checkout of ``rev`` beside nothing else (removed by :func:`drop_worktree`)."""
+    path = Path(tempfile.mkdtemp(prefix="train-step-ref-"))
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(path), rev], check=True,
+                   capture_output=True)  # fmt: skip
+    return path
+
+
+def drop_worktree(path: Path, root: Path) -> None:
+    subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(path)], capture_output=True)
+
+
+def profile_main(args) -> None:
+    root = Path(__file__).resolve().parents[1]
+    libs = {"this checkout": root}
+    ref = None
+    if args.ref:
+        ref = worktree(args.ref, root)
+        libs[f"ref {args.ref}"] = ref
+    try:
+        peak_1, peak_n = sgemm_gflops(1), sgemm_gflops(os.cpu_count() or 1)
+        runs: dict[str, list[dict]] = {k: [] for k in libs}
+        for _ in range(args.rounds):  # alternate: load on a shared machine falls on both alike
+            for name, lib in libs.items():
+                env = {**os.environ, "PYTHONPATH": f"{lib}{os.pathsep}{Path(__file__).parent}"}
+                cmd = [sys.executable, __file__, "--profile", args.profile, "--child", "--steps", str(args.steps),
+                       "--warmup", str(args.warmup)]  # fmt: skip
+                r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=lib)
+                if r.returncode:
+                    raise SystemExit(f"{name}: the measurement failed:\n{r.stderr[-3000:]}")
+                runs[name].append(json.loads(r.stdout.strip().splitlines()[-1]))
+    finally:
+        if ref:
+            drop_worktree(ref, root)
+    peak = max(peak_1, peak_n)
+    print(f"torch {torch.__version__}; {os.cpu_count()} cores; float32 matmul {peak_1:.1f} GFLOP/s on 1 thread, "
+          f"{peak_n:.1f} on {os.cpu_count()}; load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(f"profile {args.profile}: {args.rounds} runs of {args.steps} steps after {args.warmup} (median of runs)")
+    print("| library | s/step (wall) | CPU s/step | audio-s/s | GFLOP per audio-s | FLOP bound audio-s/s | "
+          "share of bound |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    base = None
+    for name, rows in runs.items():
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "threads"}
+        bound = peak / med["gflop_per_audio_s"]
+        base = base or med
+        print(f"| {name} | {med['s_per_step']:.3f} | {med['cpu_s_per_step']:.3f} | {med['audio_s_per_s']:.1f} | "
+              f"{med['gflop_per_audio_s']:.2f} | {bound:.0f} | {med['audio_s_per_s'] / bound:.0%} |")  # fmt: skip
+    if args.ref:
+        new, old = (statistics.median(r["s_per_step"] for r in runs[k]) for k in libs)
+        newc, oldc = (statistics.median(r["cpu_s_per_step"] for r in runs[k]) for k in libs)
+        print(f"this checkout / ref: wall {new / old:.2f}x, CPU {newc / oldc:.2f}x per step")
+    print("FLOP bound: the machine's best float32 matmul rate / the step's analytic FLOPs per audio-second.")
+
+
 def fmt(v: float | str) -> str:
     if isinstance(v, str):
         return v
@@ -129,7 +263,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--profile", help="time Trainer.train_step of this params.yaml profile (CPU) instead of presets")
+    ap.add_argument("--ref", help="with --profile: also time the library of this git revision, alternating")
+    ap.add_argument("--rounds", type=int, default=3, help="with --profile: runs per library")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.profile:
+        if args.child:
+            print(json.dumps(profile_child(args)))
+        else:
+            profile_main(args)
+        return
     device = torch.device(args.device)
     rows = []
     for name in args.presets:
