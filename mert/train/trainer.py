@@ -35,6 +35,14 @@ from mert.utils.runtime import tune_allocator
 log = logging.getLogger(__name__)
 
 
+PROGRESS_SECONDS = 60.0
+"""Seconds between two progress lines (step, rate, time left) on rank 0."""
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
@@ -135,6 +143,7 @@ class Trainer:
         self.skipped = 0  # non-finite steps (no update)
         self.consecutive_skips = 0
         self.model = None
+        self._progress: tuple[float, int] | None = None  # (time, step) of the last progress line
 
     # ------------------------------------------------------------------------------------------ setup
     @property
@@ -341,6 +350,25 @@ class Trainer:
             }
         )
         self._log({f"train/{k}" if not k.startswith(("optim/", "perf/", "train/")) else k: v for k, v in out.items()})
+        self._progress_line(out["loss/total"], audio_rate)
+
+    def _progress_line(self, loss: float, audio_rate: float) -> None:
+        """On rank 0, at most every :data:`PROGRESS_SECONDS` (and at the end): the step, the rate and the time left."""
+        now = time.perf_counter()
+        if not self.info.is_main:
+            return
+        if self._progress is None:
+            self._progress = (now, self.step)
+            return
+        t0, s0 = self._progress
+        if now - t0 < PROGRESS_SECONDS and self.step < self.p.max_steps:
+            return
+        sec_per_step = (now - t0) / max(1, self.step - s0)
+        left = (self.p.max_steps - self.step) * sec_per_step
+        log.info("step %d/%d (%d%%): loss %.3f, %.2f s/step, %.0f audio-s/s, about %s left", self.step,
+                 self.p.max_steps, 100 * self.step // self.p.max_steps, loss, sec_per_step, audio_rate,
+                 _duration(left))  # fmt: skip
+        self._progress = (now, self.step)
 
     def _log(self, metrics: dict[str, float]) -> None:
         if self.logger is not None:

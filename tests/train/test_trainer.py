@@ -204,3 +204,16 @@ def test_compiled_tiny_profile_trains_like_eager(corpus_dir, tmp_path, monkeypat
             assert b[key].item() == pytest.approx(a[key].item(), rel=1e-4, abs=1e-6), (step, key)
     w_eager, w_compiled = weights(eager), weights(compiled)
     assert all(torch.allclose(w_eager[k], w_compiled[k], rtol=1e-3, atol=1e-5) for k in w_eager)
+
+
+def test_progress_lines_give_the_step_rate_and_time_left(corpus_dir, tmp_path, monkeypatch, caplog):
+    import mert.train.trainer as tr
+
+    monkeypatch.setattr(tr, "PROGRESS_SECONDS", 0.0)
+    caplog.set_level("INFO", logger="mert.train.trainer")
+    t = make(corpus_dir, tmp_path, ListLogger(), max_steps=4, log_interval=1)
+    t.fit()
+    t.close()
+    lines = [r.getMessage() for r in caplog.records if "left" in r.getMessage()]
+    assert [ln.split(":")[0] for ln in lines] == ["step 2/4 (50%)", "step 3/4 (75%)", "step 4/4 (100%)"]
+    assert all("s/step" in ln and "audio-s/s" in ln for ln in lines) and lines[-1].endswith("about 0 s left")
