@@ -134,7 +134,7 @@ def mert_pipeline(
     nproc_per_node: int = 1,
     max_steps: int | None = None,
     workdir: str | None = None,
-    probe_workers: int = 2,
+    probe_workers: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline with ``params_file`` (paths are relative to ``workdir``, default cwd).
 
@@ -148,14 +148,18 @@ def mert_pipeline(
         nproc_per_node: > 1 launches pretraining under torchrun (one process per GPU).
         max_steps: override the profiles' step count (smoke tests).
         workdir: project directory (deployments pass ``$MERT_PROJECT_DIR``).
-        probe_workers: probes computed at once (threads; each probe uses ``probe.threads`` intra-op threads). The
-            results do not depend on it; MLflow logging of the trained model's probes happens afterwards, in order.
+        probe_workers: probes computed at once (threads; each probe uses ``probe.threads`` intra-op threads); None:
+            from the machine's measured compute (:func:`mert.utils.runtime.cpu_compute`). The results do not depend
+            on it; MLflow logging of the trained model's probes happens afterwards, in order.
     """
     log = get_run_logger()
     if workdir:
         os.chdir(workdir)
     P = load_params(params_file)
     corpus, source = P["corpus"].dir, P["corpus"].source
+    profiles = profiles or [P["pretrain"].profile]
+    tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)
+    probe_workers = _announce_plan(P, profiles, tasks, baselines, probe_workers, max_steps, log)
     labels = "data/labels"
     if source == DEMO_SOURCE:
         demo_task(str(Path(source).parent), P["demo"])
@@ -165,13 +169,13 @@ def mert_pipeline(
                             unmapped(label_shards))  # fmt: skip
     label_summaries = [s.result() for s in shards]
     results: dict[str, Any] = {"ingest": summary, "label": label_summaries, "pretrain": {}, "probe": []}
-    for profile in profiles or [P["pretrain"].profile]:
+    for profile in profiles:
         params = dataclasses.replace(P["pretrain"], profile=profile)
         res = pretrain_task(corpus, labels, f"data/pretrain/{profile}", params, nproc_per_node, params_file, max_steps)
         results["pretrain"][profile] = res
         model = (f"models:/{res['registered_model']}/{res['registered_version']}" if res.get("registered_version")
                  else res["export"])  # fmt: skip
-        tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)
+        tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)  # rendered by now
         jobs = []
         for task_dir in tasks:
             for spec in _pair_expensive(model, _baseline_specs(baselines, res["export"])):
@@ -196,6 +200,35 @@ def mert_pipeline(
     if results["probe"]:
         results["probe_summary"] = _probe_table(results["probe"])
     return results
+
+
+def _announce_plan(P: dict, profiles: list[str], tasks: list[str], baselines: list[str] | None,
+                   probe_workers: int | None, max_steps: int | None, log) -> int:  # fmt: skip
+    """Measure the machine, say what the run will do and roughly how long it will take; the probe parallelism.
+
+    The estimate is for a CPU run (:mod:`mert.plan`); with a GPU the plan lists the stages without times.
+    """
+    import torch
+
+    from mert.plan import plan_main_job
+    from mert.utils.runtime import cpu_compute
+
+    compute = cpu_compute()
+    if P["corpus"].source == DEMO_SOURCE and not tasks:
+        tasks = ["key", "instrument", "pitch", "tempo"]  # rendered with the corpus
+    if max_steps:
+        P = dict(P)
+        P["pretrain"] = dataclasses.replace(P["pretrain"], profiles={
+            k: dataclasses.replace(v, max_steps=max_steps) for k, v in P["pretrain"].profiles.items()})  # fmt: skip
+    plan = plan_main_job(P, profiles, len(tasks), len(baselines or []), compute, probe_workers)
+    lines = plan.lines()
+    if torch.cuda.is_available():
+        lines = [ln.split("  ~")[0] for ln in lines if "in all" not in ln] + [
+            "(times are CPU estimates: none for GPUs)"
+        ]
+    for line in lines:
+        log.info(line)
+    return plan.probe_workers
 
 
 def _pair_expensive(model: str, baselines: list[str]) -> list[str]:
@@ -242,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--label-shards", type=int, default=1)
-    ap.add_argument("--probe-workers", type=int, default=2, help="probes computed at once (same results)")
+    ap.add_argument("--probe-workers", type=int, help="probes computed at once (same results; default: from the "
+                    "machine's measured compute)")  # fmt: skip
     args = ap.parse_args(argv)
     r = mert_pipeline(params_file=args.params, profiles=args.profiles, baselines=args.baselines,
                       max_steps=args.max_steps, label_shards=args.label_shards,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -9,6 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
+# The pipeline measures the machine's compute to size its parallelism (mert.utils.runtime.cpu_compute: a few seconds
+# of spawned processes); tests, and the processes they start, read this fixed one instead. tests/test_runtime.py
+# measures for real.
+os.environ.setdefault(
+    "MERT_CPU_COMPUTE", json.dumps({"cores": 2, "gflops_1": 70.0, "gflops_threads": 63.0, "gflops_procs": 140.0})
+)
 
 
 @pytest.fixture(autouse=True)

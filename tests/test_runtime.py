@@ -55,6 +55,7 @@ def test_parallel_jobs_follows_the_measured_throughput():
 
 
 def test_cpu_compute_measures_this_machine_or_reads_the_override(monkeypatch):
+    monkeypatch.delenv("MERT_CPU_COMPUTE", raising=False)  # tests/conftest.py sets a fixed one
     cpu_compute.cache_clear()
     m = cpu_compute(seconds=0.05)
     assert m.cores == usable_cores() and min(m.gflops_1, m.gflops_threads, m.gflops_procs) > 0

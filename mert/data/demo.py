@@ -38,7 +38,7 @@ class DemoParams:
     bad_files: bool = True
     """Also write a few broken files into ``raw/`` (empty, truncated, not audio) to show quarantine."""
     workers: int = 0
-    """Processes for parsing and rendering (0 = one per core, at most 2). Does not change the output."""
+    """Processes for parsing and rendering (0 = one per usable core, at most 8). Does not change the output."""
 
     def __post_init__(self):
         if not 0 < self.min_seconds <= self.max_seconds:

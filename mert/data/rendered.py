@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from mert.data.render import (
 )
 from mert.data.scores import COLLECTIONS, PITCH_CLASSES, Note, Piece, Source, list_sources, load_pieces, transpose_key
 from mert.utils.io import atomic_write_csv
+from mert.utils.runtime import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,15 @@ class Job:
     info: dict = field(default_factory=dict)
 
 
+MAX_WORKERS = 8
+"""Rendering processes with ``workers: 0`` (each holds parsed scores and a SoundFont synthesiser in memory)."""
+
+
 # ------------------------------------------------------------------------------------------ entry point
 def generate(out: str | Path, p: DemoParams) -> Path:
     """Write the rendered demo corpus (see the module docstring) to ``out``."""
     out = Path(out)
-    workers = p.workers or min(2, os.cpu_count() or 1)
+    workers = p.workers or min(MAX_WORKERS, usable_cores())
     plan = _plan_sources(p)
     chosen = plan["pretrain"] + [s for split in plan["tasks"].values() for s in split]
     parsed, skipped = load_pieces([s.path for s in chosen], workers)
