@@ -57,14 +57,14 @@ def label_task(corpus: str, labels: str, params, shard_index: int, num_shards: i
 
 @task(name="pretrain", retries=1, retry_delay_seconds=10)
 def pretrain_task(corpus: str, labels: str, out: str, params, nproc_per_node: int, params_file: str,
-                  max_steps: int | None) -> dict:  # fmt: skip
+                  max_steps: int | None, max_restarts: int = 0) -> dict:  # fmt: skip
     """Train ``out``'s run: resumed if it is the same run (a retry resumes from the newest checkpoint).
 
     A fresh run if the corpus, labels, recipe or code changed (the old one moves to ``OUT.superseded/``); nothing
-    to do if it is finished.
+    to do if it is finished. ``max_restarts``: torchrun restarts a failed rank's group this often (each resumes).
     """
     return stages.pretrain(corpus, labels, out, params, nproc_per_node=nproc_per_node, params_file=params_file,
-                           max_steps=max_steps, on_change="fresh")  # fmt: skip
+                           max_steps=max_steps, on_change="fresh", max_restarts=max_restarts)  # fmt: skip
 
 
 PROBE_KEYS = ("task", "metric", "best_layer", "valid_score", "test_score", "ci_low", "ci_high", "n_test",
@@ -135,6 +135,7 @@ def mert_pipeline(
     max_steps: int | None = None,
     workdir: str | None = None,
     probe_workers: int = 2,
+    max_restarts: int = 0,
 ) -> dict[str, Any]:
     """Run the whole pipeline with ``params_file`` (paths are relative to ``workdir``, default cwd).
 
@@ -150,6 +151,9 @@ def mert_pipeline(
         workdir: project directory (deployments pass ``$MERT_PROJECT_DIR``).
         probe_workers: probes computed at once (threads; each probe uses ``probe.threads`` intra-op threads). The
             results do not depend on it; MLflow logging of the trained model's probes happens afterwards, in order.
+        max_restarts: pretraining under torchrun restarts the whole group up to this many times when a rank fails
+            (each restart resumes from the newest checkpoint, in the same MLflow run); > 0 launches torchrun even
+            with one process.
     """
     log = get_run_logger()
     if workdir:
@@ -167,7 +171,8 @@ def mert_pipeline(
     results: dict[str, Any] = {"ingest": summary, "label": label_summaries, "pretrain": {}, "probe": []}
     for profile in profiles or [P["pretrain"].profile]:
         params = dataclasses.replace(P["pretrain"], profile=profile)
-        res = pretrain_task(corpus, labels, f"data/pretrain/{profile}", params, nproc_per_node, params_file, max_steps)
+        res = pretrain_task(corpus, labels, f"data/pretrain/{profile}", params, nproc_per_node, params_file, max_steps,
+                            max_restarts)  # fmt: skip
         results["pretrain"][profile] = res
         model = (f"models:/{res['registered_model']}/{res['registered_version']}" if res.get("registered_version")
                  else res["export"])  # fmt: skip

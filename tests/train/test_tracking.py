@@ -201,6 +201,6 @@ def test_two_processes_opening_a_new_sqlite_store_at_once_both_succeed(tmp_path)
     time.sleep(6)  # both have imported mlflow and wait at the gate
     go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     assert outs[0][0] == outs[1][0]  # one experiment, found or created by each
