@@ -87,14 +87,35 @@ def track_probe_task(out: str) -> str:
 
 
 @task(name="promote", retries=2, retry_delay_seconds=5)  # tracking server hiccups are worth a retry
-def promote_task(name: str, tasks: list[str]) -> dict:
-    d = stages.promote(name, tasks)
+def promote_task(name: str, tasks: list[str], version: str | None = None) -> dict:
+    """Judge ``version`` (the one this run registered) against the champion, one flow run at a time per model."""
+    with registry_lock(name):
+        d = stages.promote(name, tasks, version=version)
     rows = "\n".join(f"| {r['task']} | {r['candidate']} | {r['champion']} |" for r in d.rows)
     md = (f"## {name}: {'promoted' if d.promoted else 'kept champion'}\n\n{d.reason}\n\n"
           f"| task | candidate v{d.candidate} | champion v{d.champion} |\n|---|---|---|\n{rows}")  # fmt: skip
     create_markdown_artifact(key=f"promotion-{name}", markdown=md, description="champion alias decision")
     return {"model": name, "promoted": d.promoted, "candidate": d.candidate, "champion": d.champion,
             "reason": d.reason}  # fmt: skip
+
+
+def registry_lock(name: str):
+    """Hold the Prefect global concurrency limit ``mert-registry-<name>`` (1 slot; created if missing).
+
+    Promotion reads the champion, compares and moves the alias: two flow runs doing it at once (two workers) could
+    both read the old champion and the last to write would win, whatever the scores. The limit lives in the Prefect
+    server (or the ephemeral one of an in-process run), so it serialises flow runs on any number of workers.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    lock = f"mert-registry-{name}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(lock, 1)
+        except Exception:  # created meanwhile by another flow run (the upsert is not atomic): it must exist now
+            client.read_global_concurrency_limit_by_name(lock)
+    return concurrency(lock, occupy=1, strict=True)
 
 
 def _probe_table(rows: list[dict]) -> list[dict]:
@@ -196,8 +217,9 @@ def mert_pipeline(
                 if spec == model:
                     track_probe_task(out)
         if res.get("registered_version") and tasks:
+            names = [Path(t).name for t in tasks]
             results.setdefault("promote", []).append(
-                promote_task(res["registered_model"], [Path(t).name for t in tasks]))  # fmt: skip
+                promote_task(res["registered_model"], names, res["registered_version"]))  # fmt: skip
     if results["probe"]:
         results["probe_summary"] = _probe_table(results["probe"])
     return results

@@ -118,8 +118,11 @@ def track_probe(out: str | Path) -> str:
     return log_probe(json.loads(Path(out).read_text()), out)
 
 
-def promote(name: str, tasks: list[str], *, min_delta: float = 0.0, dry_run: bool = False):
-    """Move ``name``'s ``champion`` alias to its ``candidate`` if the candidate wins on ``tasks``' probe scores."""
+def promote(name: str, tasks: list[str], *, min_delta: float = 0.0, dry_run: bool = False,
+            version: str | None = None):  # fmt: skip
+    """Move ``name``'s ``champion`` alias to its ``candidate`` (or to ``version``) if it wins on ``tasks``' probe
+    scores.
+    """
     from mert.probe.tracking import promote as _promote
 
-    return _promote(name, tasks, min_delta=min_delta, dry_run=dry_run)
+    return _promote(name, tasks, min_delta=min_delta, dry_run=dry_run, version=version)
