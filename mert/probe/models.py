@@ -211,12 +211,10 @@ def random_model(preset: str, seed: int = 0) -> MERTFeatures:
     from mert.model.hf import load_config
 
     cfg = load_config(preset)[0] if Path(preset).is_dir() else MERTConfig.from_name(preset)
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    from mert.utils.rng import seeded
+
+    with seeded(seed):  # the flow probes in threads: another probe may build or draw meanwhile
         model = MERT(cfg)
-    finally:
-        torch.random.set_rng_state(gen_state)
     return MERTFeatures(model, {"kind": "random", "preset": preset, "seed": seed, "config": dataclasses.asdict(cfg)})
 
 
