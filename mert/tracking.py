@@ -672,6 +672,47 @@ class MLflowLogger:
         return out
 
 
+def local_artifacts(location: str, uri: str | None = None) -> Path:
+    """A directory of artifacts on this machine: ``location`` itself when it is local (``file:`` or a path; the
+    default sqlite + ``mlartifacts/`` setup), else downloaded once from the tracking server into the model cache.
+
+    The cache (``$MERT_MODEL_CACHE``, default ``~/.cache/mert/models``) holds one directory per (tracking URI,
+    location): registered versions never change, so a download is reused; it is written to a temporary directory
+    and renamed into place, so a killed or concurrent download never leaves a partial one.
+
+    Raises:
+        TrackingError: the server could not be reached or has no such artifacts.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+    from urllib.parse import unquote, urlparse
+
+    if location.startswith("file:") or "://" not in location and ":/" not in location:
+        return Path(unquote(urlparse(location).path)) if location.startswith("file:") else Path(location)
+    uri = resolve_tracking_uri(uri)
+    cache = Path(os.environ.get("MERT_MODEL_CACHE") or Path.home() / ".cache/mert/models")
+    final = cache / hashlib.sha256(f"{uri}\n{location}".encode()).hexdigest()[:20]
+    if final.is_dir():
+        return final
+    cache.mkdir(parents=True, exist_ok=True)
+    _env_offline()
+    import mlflow
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache))
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp), tracking_uri=uri)
+        try:
+            tmp.rename(final)
+        except OSError:  # downloaded meanwhile by another process: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TrackingError(f"could not download the artifacts {location} from {uri} ({type(e).__name__}: {e})") from e
+    log.info("downloaded %s from %s into %s", location, uri, final)
+    return final
+
+
 # ---------------------------------------------------------------------------------------------- lineage
 def git_commit(cwd: str | Path = ".") -> str:
     """``HEAD``'s commit (with ``-dirty`` if the tree has changes), or ``unknown`` outside git."""
@@ -859,11 +900,24 @@ def register_candidate(model_uri: str, name: str, tags: Mapping[str, Any], alias
     mv = _registered_version(client, name, run_id, step) if run_id is not None and step is not None else None
     if mv is None:
         mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
-    client.set_registered_model_alias(name, alias, mv.version)
+    _alias_newest(client, name, alias)
     from mert.model_card import try_write_model_card
 
     try_write_model_card(client, name, mv.version)  # the version's description; rewritten when probed
     return str(mv.version)
+
+
+def _alias_newest(client: Any, name: str, alias: str) -> str:
+    """Point ``alias`` at the newest version of ``name`` and check it still is afterwards.
+
+    Two registrations at once (two pipelines, one registry) may set the alias in either order; each writer re-reads
+    after writing and writes again if a newer version appeared, so the last one to stop leaves it on the newest.
+    """
+    while True:
+        newest = str(max(int(v.version) for v in client.search_model_versions(f"name = '{name}'")))
+        client.set_registered_model_alias(name, alias, newest)
+        if str(max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))) == newest:
+            return newest
 
 
 def _registered_version(client: Any, name: str, run_id: str, step: int):

@@ -65,7 +65,7 @@ def test_log_probe_tags_versions_and_promote(tmp_path, monkeypatch, capsys):
     MERT(MERTConfig.from_name("mert-tiny")).save_pretrained(tmp_path / "candidate" / "export")
     model = load_model("models:/mert@candidate")  # resolved in place from the local artifact store
     assert model.identity["registry_uri"] == "models:/mert@candidate" and model.n_layers == 3
-    with pytest.raises(ModelSpecError, match="not on a local disk"):
+    with pytest.raises(ModelSpecError, match="not on this machine"):
         load_model("models:/mert/1")  # the champion's source directory does not exist
     (tmp_path / "champion").mkdir()
     with pytest.raises(ModelSpecError, match="no HF-layout encoder"):
