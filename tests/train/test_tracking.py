@@ -178,10 +178,12 @@ def test_a_refused_request_is_dropped_not_retried_forever(mlflow_uri, tmp_path, 
 FIRST_USE = """
 import sys, time
 from pathlib import Path
+from mert import tracking
+import mlflow.tracking  # the slow imports, before the gate
+Path(sys.argv[3]).touch()
 go = Path(sys.argv[2])
 while not go.exists():
-    time.sleep(0.01)
-from mert import tracking
+    time.sleep(0.005)
 client, exp = tracking.connect(sys.argv[1], "exp")
 print(exp)
 """
@@ -196,9 +198,13 @@ def test_two_processes_opening_a_new_sqlite_store_at_once_both_succeed(tmp_path)
     from tests.train.helpers import REPO, env
 
     uri, go = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", FIRST_USE, uri, str(go)], cwd=REPO, env=env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
-    time.sleep(6)  # both have imported mlflow and wait at the gate
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_USE, uri, str(go), str(r)], cwd=REPO, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in ready]  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready):  # both have imported mlflow and wait at the gate
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [p.stderr.read() for p in procs]
+        time.sleep(0.05)
     go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (_out, err) in zip(procs, outs):
