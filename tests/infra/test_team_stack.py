@@ -54,6 +54,7 @@ class Stack:
             **os.environ,
             **{k: str(v) for k, v in self.ports.items()},
             "MERT_LOCAL_STATE": str(state),
+            "MERT_MODEL_CACHE": str(state / "model-cache"),  # registry downloads: not into ~/.cache
             "MERT_VENV": str(Path(sys.executable).parent.parent),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "MLFLOW_DISABLE_TELEMETRY": "true",
