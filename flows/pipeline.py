@@ -25,16 +25,21 @@ DEMO_SOURCE = "data/demo/raw"
 
 
 def _key(stage: str, params: Any, *paths: str) -> str:
-    """Cache key: the stage, its params section and the content fingerprints of its input paths."""
+    """Cache key: the stage, its params section, and the absolute path and content fingerprint of each path.
+
+    The absolute path matters: flow runs on one Prefect server share its result cache, and two workdirs (two
+    pipelines at once) must not take each other's outputs for their own (a missing path fingerprints the same
+    everywhere).
+    """
     section = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else params
-    return sha256_json([stage, section, [fingerprint(p) for p in paths]])
+    return sha256_json([stage, section, [[str(Path(p).resolve()), fingerprint(p)] for p in paths]])
 
 
 DEMO_CODE = [f"mert/data/{m}.py" for m in ("demo", "rendered", "render", "scores", "synth", "audiofile")]
 
 
 @task(name="demo-corpus", retries=1, persist_result=True,
-      cache_key_fn=lambda ctx, a: _key("demo", a["params"], *DEMO_CODE) + fingerprint(a["out"]))  # fmt: skip
+      cache_key_fn=lambda ctx, a: _key("demo", a["params"], *DEMO_CODE, a["out"]))  # fmt: skip
 def demo_task(out: str, params) -> str:
     return str(stages.demo_corpus(out, params))
 
@@ -57,14 +62,14 @@ def label_task(corpus: str, labels: str, params, shard_index: int, num_shards: i
 
 @task(name="pretrain", retries=1, retry_delay_seconds=10)
 def pretrain_task(corpus: str, labels: str, out: str, params, nproc_per_node: int, params_file: str,
-                  max_steps: int | None) -> dict:  # fmt: skip
+                  max_steps: int | None, max_restarts: int = 0) -> dict:  # fmt: skip
     """Train ``out``'s run: resumed if it is the same run (a retry resumes from the newest checkpoint).
 
     A fresh run if the corpus, labels, recipe or code changed (the old one moves to ``OUT.superseded/``); nothing
-    to do if it is finished.
+    to do if it is finished. ``max_restarts``: torchrun restarts a failed rank's group this often (each resumes).
     """
     return stages.pretrain(corpus, labels, out, params, nproc_per_node=nproc_per_node, params_file=params_file,
-                           max_steps=max_steps, on_change="fresh")  # fmt: skip
+                           max_steps=max_steps, on_change="fresh", max_restarts=max_restarts)  # fmt: skip
 
 
 PROBE_KEYS = ("task", "metric", "best_layer", "valid_score", "test_score", "ci_low", "ci_high", "n_test",
@@ -87,14 +92,35 @@ def track_probe_task(out: str) -> str:
 
 
 @task(name="promote", retries=2, retry_delay_seconds=5)  # tracking server hiccups are worth a retry
-def promote_task(name: str, tasks: list[str]) -> dict:
-    d = stages.promote(name, tasks)
+def promote_task(name: str, tasks: list[str], version: str | None = None) -> dict:
+    """Judge ``version`` (the one this run registered) against the champion, one flow run at a time per model."""
+    with registry_lock(name):
+        d = stages.promote(name, tasks, version=version)
     rows = "\n".join(f"| {r['task']} | {r['candidate']} | {r['champion']} |" for r in d.rows)
     md = (f"## {name}: {'promoted' if d.promoted else 'kept champion'}\n\n{d.reason}\n\n"
           f"| task | candidate v{d.candidate} | champion v{d.champion} |\n|---|---|---|\n{rows}")  # fmt: skip
     create_markdown_artifact(key=f"promotion-{name}", markdown=md, description="champion alias decision")
     return {"model": name, "promoted": d.promoted, "candidate": d.candidate, "champion": d.champion,
             "reason": d.reason}  # fmt: skip
+
+
+def registry_lock(name: str):
+    """Hold the Prefect global concurrency limit ``mert-registry-<name>`` (1 slot; created if missing).
+
+    Promotion reads the champion, compares and moves the alias: two flow runs doing it at once (two workers) could
+    both read the old champion and the last to write would win, whatever the scores. The limit lives in the Prefect
+    server (or the ephemeral one of an in-process run), so it serialises flow runs on any number of workers.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    lock = f"mert-registry-{name}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(lock, 1)
+        except Exception:  # created meanwhile by another flow run (the upsert is not atomic): it must exist now
+            client.read_global_concurrency_limit_by_name(lock)
+    return concurrency(lock, occupy=1, strict=True)
 
 
 def _probe_table(rows: list[dict]) -> list[dict]:
@@ -135,6 +161,7 @@ def mert_pipeline(
     max_steps: int | None = None,
     workdir: str | None = None,
     probe_workers: int | None = None,
+    max_restarts: int = 0,
 ) -> dict[str, Any]:
     """Run the whole pipeline with ``params_file`` (paths are relative to ``workdir``, default cwd).
 
@@ -151,6 +178,9 @@ def mert_pipeline(
         probe_workers: probes computed at once (threads; each probe uses ``probe.threads`` intra-op threads); None:
             from the machine's measured compute (:func:`mert.utils.runtime.cpu_compute`). The results do not depend
             on it; MLflow logging of the trained model's probes happens afterwards, in order.
+        max_restarts: pretraining under torchrun restarts the whole group up to this many times when a rank fails
+            (each restart resumes from the newest checkpoint, in the same MLflow run); > 0 launches torchrun even
+            with one process.
     """
     log = get_run_logger()
     if workdir:
@@ -171,7 +201,8 @@ def mert_pipeline(
     results: dict[str, Any] = {"ingest": summary, "label": label_summaries, "pretrain": {}, "probe": []}
     for profile in profiles:
         params = dataclasses.replace(P["pretrain"], profile=profile)
-        res = pretrain_task(corpus, labels, f"data/pretrain/{profile}", params, nproc_per_node, params_file, max_steps)
+        res = pretrain_task(corpus, labels, f"data/pretrain/{profile}", params, nproc_per_node, params_file, max_steps,
+                            max_restarts)  # fmt: skip
         results["pretrain"][profile] = res
         model = (f"models:/{res['registered_model']}/{res['registered_version']}" if res.get("registered_version")
                  else res["export"])  # fmt: skip
@@ -195,8 +226,9 @@ def mert_pipeline(
                 if spec == model:
                     track_probe_task(out)
         if res.get("registered_version") and tasks:
+            names = [Path(t).name for t in tasks]
             results.setdefault("promote", []).append(
-                promote_task(res["registered_model"], [Path(t).name for t in tasks]))  # fmt: skip
+                promote_task(res["registered_model"], names, res["registered_version"]))  # fmt: skip
     if results["probe"]:
         results["probe_summary"] = _probe_table(results["probe"])
     return results

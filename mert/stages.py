@@ -40,22 +40,30 @@ def label(corpus: str | Path, labels: str | Path, params=None, *, shard_index: i
 
 
 def pretrain(corpus: str | Path, labels: str | Path, out: str | Path, params=None, *, nproc_per_node: int = 1,
-             params_file: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:  # fmt: skip
+             params_file: str | Path | None = None, max_restarts: int = 0,
+             **kwargs: Any) -> dict[str, Any]:  # fmt: skip
     """Pretrain (or resume) on ``corpus`` + ``labels`` into ``out``; returns the run's result dict.
 
     ``kwargs`` go to :func:`mert.train.api.pretrain` (``max_steps``, ``device``, ``run_id``, ``init_from``,
     ``on_change``: the pipelines pass ``"fresh"`` so that a changed corpus, labels, recipe or code retrains,
-    ``allow_code_change``). With ``nproc_per_node > 1`` the same entry point is launched under ``torchrun``
-    (DDP/FSDP as the profile says, ``params_file`` passed on) and the result is read from ``out/result.json``
-    written by rank 0.
+    ``allow_code_change``). With ``nproc_per_node > 1`` or ``max_restarts > 0`` the same entry point is launched
+    under ``torchrun --standalone`` (c10d rendezvous on a free localhost port, so concurrent launches on one host do
+    not collide; DDP/FSDP as the profile says, ``params_file`` passed on) and the result is read from
+    ``out/result.json`` written by rank 0. ``max_restarts``: a failed rank makes torchrun stop and restart the whole
+    group up to this many times; each restart resumes from the newest checkpoint (exact), in the same MLflow run.
+
+    Raises:
+        subprocess.CalledProcessError: the torchrun group failed more often than ``max_restarts`` (the ranks'
+            messages are on stderr).
     """
     from mert.train.api import RESULT_FILE
     from mert.train.api import pretrain as _pretrain
 
-    if nproc_per_node <= 1:
+    if nproc_per_node <= 1 and max_restarts <= 0:
         return _pretrain(corpus, labels, out, params, **kwargs)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}", "-m", "mert.cli",
-           "pretrain", str(corpus), str(labels), str(out)]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
+           f"--max-restarts={max_restarts}", "-m", "mert.cli", "pretrain", str(corpus), str(labels),
+           str(out)]  # fmt: skip
     if params_file is not None:
         cmd += ["--params", str(params_file)]
     if params is not None:
@@ -65,8 +73,21 @@ def pretrain(corpus: str | Path, labels: str | Path, out: str | Path, params=Non
             cmd += [f"--{flag.replace('_', '-')}", str(kwargs[flag])]
     if kwargs.get("allow_code_change"):
         cmd += ["--allow-code-change"]
-    subprocess.run(cmd, check=True, env={**os.environ})
+    subprocess.run(cmd, check=True, env=torchrun_env())
     return json.loads((Path(out) / RESULT_FILE).read_text())
+
+
+def torchrun_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a ``torchrun`` launch that may restart its group.
+
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (unless set): by default torch (2.4+) keeps the rendezvous' TCP store
+    across restarts, and the restarted ranks can read the previous group's keys: the restarted group then hangs in
+    ``init_process_group`` (seen here with 2 nodes on one host, a rank SIGKILLed; pytorch/pytorch#135712). With it,
+    rank 0 hosts a fresh store on a free port at every restart.
+    """
+    env = dict(os.environ if env is None else env)
+    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    return env
 
 
 def probe(model: str, task: str | Path, out: str | Path, params=None, *, track: bool = False,
@@ -97,8 +118,11 @@ def track_probe(out: str | Path) -> str:
     return log_probe(json.loads(Path(out).read_text()), out)
 
 
-def promote(name: str, tasks: list[str], *, min_delta: float = 0.0, dry_run: bool = False):
-    """Move ``name``'s ``champion`` alias to its ``candidate`` if the candidate wins on ``tasks``' probe scores."""
+def promote(name: str, tasks: list[str], *, min_delta: float = 0.0, dry_run: bool = False,
+            version: str | None = None):  # fmt: skip
+    """Move ``name``'s ``champion`` alias to its ``candidate`` (or to ``version``) if it wins on ``tasks``' probe
+    scores.
+    """
     from mert.probe.tracking import promote as _promote
 
-    return _promote(name, tasks, min_delta=min_delta, dry_run=dry_run)
+    return _promote(name, tasks, min_delta=min_delta, dry_run=dry_run, version=version)

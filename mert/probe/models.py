@@ -211,28 +211,24 @@ def random_model(preset: str, seed: int = 0) -> MERTFeatures:
     from mert.model.hf import load_config
 
     cfg = load_config(preset)[0] if Path(preset).is_dir() else MERTConfig.from_name(preset)
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    from mert.utils.rng import seeded
+
+    with seeded(seed):  # the flow probes in threads: another probe may build or draw meanwhile
         model = MERT(cfg)
-    finally:
-        torch.random.set_rng_state(gen_state)
     return MERTFeatures(model, {"kind": "random", "preset": preset, "seed": seed, "config": dataclasses.asdict(cfg)})
 
 
 def resolve_registry(spec: str, uri: str | None = None) -> Path:
     """``models:/name@alias`` or ``models:/name/version`` -> a local HF-layout directory.
 
-    Uses ``mert.tracking.download_model(spec)`` when that function exists; otherwise reads the version's
-    artifacts in place through the registry client of ``mert.tracking.connect`` (local artifact stores only:
-    the default ``sqlite:///mlflow.db`` + ``mlartifacts/`` setup).
+    Resolves the version through the registry client of ``mert.tracking.connect``; its artifacts are read in place
+    from a local artifact store (the default ``sqlite:///mlflow.db`` + ``mlartifacts/`` setup) or downloaded once
+    from a tracking server that proxies them (``mlflow-artifacts:/``, S3, ...) by ``mert.tracking.local_artifacts``.
     """
     try:
         from mert import tracking
     except ImportError as e:
         raise ModelSpecError(f"{spec}: registry URIs need mert/tracking.py, which is not available ({e})") from e
-    if hasattr(tracking, "download_model"):
-        return Path(tracking.download_model(spec))
     from mert.probe.tracking import resolve_version
 
     client, _ = tracking.connect(uri, "mert-probe")
@@ -245,7 +241,11 @@ def resolve_registry(spec: str, uri: str | None = None) -> Path:
         raise ModelSpecError(
             f"{spec}: cannot resolve in the registry at {tracking.resolve_tracking_uri(uri)} ({e})"
         ) from e
-    return _local_hf_dir(spec, source)
+    try:
+        local = tracking.local_artifacts(source, uri)
+    except tracking.TrackingError as e:
+        raise ModelSpecError(f"{spec}: {e}") from e
+    return _local_hf_dir(spec, str(local))
 
 
 def _local_hf_dir(spec: str, location: str) -> Path:
@@ -253,7 +253,7 @@ def _local_hf_dir(spec: str, location: str) -> Path:
 
     path = Path(unquote(urlparse(location).path)) if location.startswith("file:") else Path(location)
     if not path.is_dir():
-        raise ModelSpecError(f"{spec}: artifacts at {location} are not on a local disk (needs a download step)")
+        raise ModelSpecError(f"{spec}: artifacts at {location} are not on this machine (a moved or deleted store?)")
     for config in sorted(path.rglob("config.json")):
         if "code" not in config.relative_to(path).parts and any(config.parent.glob("*.safetensors")):
             return config.parent

@@ -83,11 +83,20 @@ def log_probe(report: dict[str, Any], out: str | Path, uri: str | None = None, e
     Returns:
         The MLflow run id.
     """
-    from mert.tracking import MLflowLogger
+    from mert.tracking import MLflowLogger, connect
+    from mert.utils.io import sha256_file
 
     model = report["model"]
+    key = sha256_file(out) if Path(out).exists() else None
+    if key is not None:
+        done = _logged_probe(*connect(uri, experiment), key)
+        if done is not None:
+            log.info("probe %s is already logged as MLflow run %s", out, done)
+            return done
     tags = {"task": report["task"], "task_kind": report["task_kind"], "model": model.get("label", ""),
             "model_hash": model.get("hash", ""), "best_layer": report["best_layer"]}  # fmt: skip
+    if key is not None:
+        tags[PROBE_KEY] = key
     if report.get("majority_baseline"):
         tags["majority_baseline"] = report["majority_baseline"]
     logger = MLflowLogger(uri, experiment, run_name=f"probe {report['task']} {model.get('label', '')}", tags=tags,
@@ -111,6 +120,24 @@ def log_probe(report: dict[str, Any], out: str | Path, uri: str | None = None, e
         logger.close("FAILED")
         raise
     return logger.run_id
+
+
+PROBE_KEY = "mert.results_sha256"  # a probe run's results.json: logging the same file again finds it
+
+
+def _logged_probe(client: Any, experiment_id: str, key: str) -> str | None:
+    """The FINISHED run that logged the results file with SHA-256 ``key`` (a retry or a rerun of the same probe);
+    an unfinished one (logging was interrupted) is deleted, so that the probe is recorded once, complete.
+    """
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{PROBE_KEY}` = '{key}'")
+    for run in runs:
+        if run.info.status == "FINISHED":
+            return run.info.run_id
+    for run in runs:
+        client.delete_run(run.info.run_id)
+        log.warning("deleted the incomplete MLflow run %s of an interrupted probe logging; logging it again",
+                    run.info.run_id)  # fmt: skip
+    return None
 
 
 @dataclass
@@ -158,12 +185,19 @@ def decide(cand: dict[str, float | None], champ: dict[str, float | None] | None,
 
 
 def promote(name: str, tasks: list[str], candidate: str = "candidate", champion: str = "champion",
-            min_delta: float = 0.0, uri: str | None = None, dry_run: bool = False) -> Decision:  # fmt: skip
-    """Move ``champion`` to the ``candidate`` version if it beats the champion on ``tasks`` (see :func:`decide`)."""
+            min_delta: float = 0.0, uri: str | None = None, dry_run: bool = False,
+            version: str | None = None) -> Decision:  # fmt: skip
+    """Move ``champion`` to the ``candidate`` version if it beats the champion on ``tasks`` (see :func:`decide`).
+
+    ``version``: judge this version instead of the one the ``candidate`` alias points to now. A pipeline passes the
+    version it registered: with two pipelines at once, ``candidate`` may already point at the other run's version.
+    Reading the champion and moving it is not atomic: callers that may run at once serialise it (the flow holds a
+    Prefect global concurrency limit of 1 per registered model).
+    """
     from mert.tracking import connect
 
     client, _ = connect(uri, EXPERIMENT)
-    cand = _version(client, name, candidate)
+    cand = client.get_model_version(name, version) if version is not None else _version(client, name, candidate)
     if cand is None:
         return Decision(False, f"{name} has no version with alias {candidate!r}", None, None)
     champ = _version(client, name, champion)

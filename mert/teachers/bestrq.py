@@ -37,8 +37,9 @@ def musicfm_quantizer(input_dim: int, codebook_dim: int, codebook_size: int, see
     Returns:
         ``(projection (input_dim, codebook_dim), codebook (codebook_size, codebook_dim))`` float32.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    from mert.utils.rng import seeded
+
+    with seeded(seed):
         projection = torch.nn.init.xavier_normal_(torch.empty(input_dim, codebook_dim))
         codebook = torch.nn.init.normal_(torch.empty(codebook_size, codebook_dim))
     return projection, codebook

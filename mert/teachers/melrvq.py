@@ -330,8 +330,9 @@ def _eval_subset(tokens: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def _init(settings: MelRVQSettings) -> MelRVQ:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
+    from mert.utils.rng import seeded
+
+    with seeded(settings.seed):
         return MelRVQ(settings)
 
 

@@ -52,9 +52,10 @@ def _encodec():
 
 def _bare_model(seed: int = 0):
     """``encodec_model_24khz(pretrained=False)`` built under a fixed seed, on the CPU."""
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+    from mert.utils.rng import seeded
+
+    with seeded(seed), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.manual_seed(seed)
         return _encodec().encodec_model_24khz(pretrained=False)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 TRACKING_FILE = "tracking.json"
-__all__ = ["RESULT_FILE", "RunIdentityError", "pretrain"]
+__all__ = ["RESULT_FILE", "RunIdentityError", "TrackingIncomplete", "pretrain"]
 
 
 def pretrain(
@@ -83,6 +84,8 @@ def pretrain(
         entry = _on_rank0(info, lambda: _enter(out, params, profile, corpus_, labels, labels_, on_change,
                                                allow_code_change))  # fmt: skip
         if entry.done is not None:
+            if entry.done.get(PENDING_KEY) and params.tracker == "mlflow":
+                return _complete_tracking(params, entry.done, entry.record, out, info, run_id)
             log.info("%s already finished %d steps of this run: nothing to do", out, profile.max_steps)
             return entry.done
         init_state = _parent_state(profile, labels_) if entry.fresh and profile.init_from else None
@@ -96,14 +99,68 @@ def pretrain(
         trainer = Trainer(profile, corpus_, labels_, out, info, logger, init_state=init_state)
         try:
             res = trainer.setup().fit()
-            res.update(_register(params, logger, res, info, record))
+            deadline = time.monotonic() + params.tracking_wait
+            res.update(_register(params, logger, res, info, record, deadline))
         except BaseException:
-            trainer.close(status="FAILED")
+            trainer.close(status="FAILED", wait=0.0)
             raise
-        trainer.close()
-        return _write_result(out, res, info)
+        unsent = trainer.close(wait=max(0.0, deadline - time.monotonic())) or []
+        return _finish(out, res, info, unsent + res.pop("_register_failed", []))
     finally:
         close_distributed()
+
+
+PENDING_KEY = "tracking_pending"
+
+
+class TrackingIncomplete(RuntimeError):
+    """Training finished and its checkpoint and export are on disk, but the tracker could not be reached to log all
+    of it (metrics, the model, its registration, the run's end). Running the same command again completes it.
+    """
+
+
+def _finish(out: Path, res: dict[str, Any], info, unsent: list[str]) -> dict[str, Any]:
+    """Write ``result.json`` (with what the tracker still lacks, if anything) and return it, or raise
+    :class:`TrackingIncomplete` saying plainly what was not logged and how to complete it.
+    """
+    if unsent:
+        res[PENDING_KEY] = unsent
+    else:
+        res.pop(PENDING_KEY, None)
+    res = _write_result(out, res, info)
+    if unsent and info.is_main:
+        raise TrackingIncomplete(
+            f"training finished at step {res['step']} (checkpoint {res['checkpoint']}, export {res['export']}), but "
+            f"MLflow at {_tracking_uri(out)} could not be reached to complete run {res.get('run_id')}: not logged: "
+            + "; ".join(unsent)
+            + ". Nothing is lost: the metrics are in the run's journal (metrics.jsonl). Run the same command again "
+            "once the tracking server is back: it trains nothing and completes the MLflow run and the registration."
+        )
+    return res
+
+
+def _tracking_uri(out: Path) -> str:
+    saved = out / TRACKING_FILE
+    return json.loads(saved.read_text()).get("tracking_uri", "?") if saved.exists() else "?"
+
+
+def _complete_tracking(params: PretrainParams, done: dict[str, Any], record: dict[str, Any], out: Path, info,
+                       run_id: str | None) -> dict[str, Any]:  # fmt: skip
+    """A finished run whose tracking was left incomplete: send the journal, register, end the run (rank 0)."""
+    if not info.is_main:
+        return done
+    log.info("%s: training is finished; completing its MLflow run (pending: %s)", out, "; ".join(done[PENDING_KEY]))
+    logger = _main_logger(params, record, out, run_id)
+    res = {k: v for k, v in done.items() if k != PENDING_KEY}
+    deadline = time.monotonic() + params.tracking_wait
+    try:
+        if res.get("registered_version") is None:
+            res.update(_register(params, logger, res, info, record, deadline))
+    except BaseException:
+        logger.close("FAILED", wait=0.0)
+        raise
+    unsent = logger.close(wait=max(0.0, deadline - time.monotonic())) or []
+    return _finish(out, res, info, unsent + res.pop("_register_failed", []))
 
 
 def _on_rank0(info, fn):
@@ -252,10 +309,10 @@ def _main_logger(params: PretrainParams, record: dict[str, Any], out: Path, run_
     from mert.tracking import DiskLogger, MLflowLogger, MultiLogger, StdoutLogger, resolve_tracking_uri
     from mert.utils.io import atomic_write_json
 
-    loggers: list[Any] = [DiskLogger(out / "metrics.jsonl")]
+    loggers: list[Any] = [] if params.tracker == "mlflow" else [DiskLogger(out / "metrics.jsonl")]
     if params.tracker == "stdout":
         loggers.append(StdoutLogger())
-    if params.tracker == "mlflow":
+    if params.tracker == "mlflow":  # the MLflow logger journals to metrics.jsonl itself and sends from the journal
         saved = out / TRACKING_FILE
         prev = json.loads(saved.read_text()) if saved.exists() else {}
         # Resuming: continue the run this directory created, if it lives in the same store.
@@ -267,6 +324,8 @@ def _main_logger(params: PretrainParams, record: dict[str, Any], out: Path, run_
             run_id=run_id,
             run_name=out.name,
             own_run=True if own else None,
+            journal=out / "metrics.jsonl",
+            close_wait=params.tracking_wait,
         )
         atomic_write_json(saved, {"run_id": ml.run_id, "tracking_uri": ml.uri})
         loggers.insert(0, ml)
@@ -275,8 +334,15 @@ def _main_logger(params: PretrainParams, record: dict[str, Any], out: Path, run_
     return logger
 
 
-def _register(params: PretrainParams, logger, res: dict[str, Any], info, record: dict[str, Any]) -> dict[str, Any]:
-    """Log the exported encoder as a pyfunc model and register it (rank 0, MLflow tracker, ``register``)."""
+def _register(params: PretrainParams, logger, res: dict[str, Any], info, record: dict[str, Any],
+              deadline: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Log the exported encoder as a pyfunc model and register it (rank 0, MLflow tracker, ``register``).
+
+    Idempotent: a version already registered from this run at this step (a rerun after a kill, or after the tracker
+    failed between registering and writing ``result.json``) is reused, never registered twice. Tracker failures are
+    retried with backoff until ``deadline`` (``time.monotonic()``); after it the result says what is pending
+    (``_register_failed``) and the caller tells the user.
+    """
     from mert.tracking import MLflowLogger, log_encoder_model, register_candidate
 
     ml = next((lg for lg in getattr(logger, "loggers", ()) if isinstance(lg, MLflowLogger)), None)
@@ -284,14 +350,28 @@ def _register(params: PretrainParams, logger, res: dict[str, Any], info, record:
         return {"run_id": None, "registered_model": None, "registered_version": None}
     if not params.register:
         return {"run_id": ml.run_id, "registered_model": None, "registered_version": None}
-    uri = log_encoder_model(ml, res["export"])
     tags = {
         **run_tags(record),
         "run_id": ml.run_id,
         "step": res["step"],
         "checkpoint": str(res["checkpoint"]),
     }
-    version = register_candidate(uri, params.profile, tags)
+    pause = 1.0
+    while True:
+        try:
+            uri = log_encoder_model(ml, res["export"], step=int(res["step"]))
+            version = register_candidate(uri, params.profile, tags, run_id=ml.run_id, step=int(res["step"]))
+            break
+        except Exception as e:  # the tracker is away: retry until the deadline, then report it as pending
+            if deadline is None or time.monotonic() + pause > deadline:
+                log.error("could not log and register the model in MLflow (%s: %s)", type(e).__name__, e)
+                return {"run_id": ml.run_id, "registered_model": None, "registered_version": None,
+                        "_register_failed": [f"the encoder model and its registration as a version of "
+                                             f"{params.profile!r}"]}  # fmt: skip
+            log.warning("MLflow model logging/registration failed (%s: %s); retrying in %.0f s", type(e).__name__,
+                        str(e).splitlines()[0][:300] if str(e) else "", pause)  # fmt: skip
+            time.sleep(pause)
+            pause = min(30.0, 2 * pause)
     log.info("registered %s version %s (alias candidate) from run %s", params.profile, version, ml.run_id)
     return {"run_id": ml.run_id, "model_uri": uri, "registered_model": params.profile, "registered_version": version}
 

@@ -227,6 +227,10 @@ class PretrainParams:
     """Log the final encoder as a pyfunc model and register a version (alias ``candidate``)."""
     tracker: Literal["mlflow", "disk", "stdout"] = "mlflow"
     """Metric sink on rank 0 (``disk``: ``OUT/metrics.jsonl`` only, no MLflow run, nothing registered)."""
+    tracking_wait: float = 300.0
+    """Seconds the end of a run keeps retrying an unreachable tracker (sending the metrics, logging and registering
+    the model, ending the run) before it stops with what was not logged; running the same command again completes
+    it. Training itself never waits for the tracker: metrics are journaled to ``metrics.jsonl`` and sent behind."""
 
     def __post_init__(self) -> None:
         if self.profile not in self.profiles:

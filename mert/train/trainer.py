@@ -517,8 +517,14 @@ class Trainer:
         encoder.save_pretrained(path)
         return path
 
-    def close(self, status: str = "FINISHED") -> None:
-        """Flush and close the logger (``status``: how the MLflow run ends)."""
-        if self.logger is not None:
-            self.logger.close(status)
-            self.logger = None
+    def close(self, status: str = "FINISHED", wait: float | None = None) -> list[str]:
+        """Flush and close the logger (``status``: how the MLflow run ends; ``wait``: seconds to keep trying to
+        reach the tracker, default the logger's own).
+
+        Returns:
+            What the tracker could not be sent, in words ([] when everything was logged, and on ranks > 0).
+        """
+        logger, self.logger = self.logger, None
+        if logger is None:
+            return []
+        return logger.close(status) if wait is None else logger.close(status, wait=wait)

@@ -65,7 +65,7 @@ def test_log_probe_tags_versions_and_promote(tmp_path, monkeypatch, capsys):
     MERT(MERTConfig.from_name("mert-tiny")).save_pretrained(tmp_path / "candidate" / "export")
     model = load_model("models:/mert@candidate")  # resolved in place from the local artifact store
     assert model.identity["registry_uri"] == "models:/mert@candidate" and model.n_layers == 3
-    with pytest.raises(ModelSpecError, match="not on a local disk"):
+    with pytest.raises(ModelSpecError, match="not on this machine"):
         load_model("models:/mert/1")  # the champion's source directory does not exist
     (tmp_path / "champion").mkdir()
     with pytest.raises(ModelSpecError, match="no HF-layout encoder"):
@@ -81,12 +81,16 @@ def test_log_probe_tags_versions_and_promote(tmp_path, monkeypatch, capsys):
         assert run.data.metrics["n_test"] == 60 and run.data.metrics["ci_low"] == pytest.approx(score - 0.1)
         assert "C major" in run.data.tags["majority_baseline"]
         assert {a.path for a in client.list_artifacts(run_id)} >= {"results.json", "results.png"}
+        assert log_probe(report, tmp_path / alias / "results.json", uri) == run_id  # a retry: recorded once
+    exp = client.get_experiment_by_name("mert-probe").experiment_id
+    assert len(client.search_runs([exp])) == 2
     version_tags = client.get_model_version_by_alias("mert", "candidate").tags
     assert version_tags["probe.key.key_weighted"] == "0.7" and version_tags["probe.key.ci_high"] == "0.8"
     assert version_tags["probe.key.n_test"] == "60" and version_tags["probe.key.majority_rate"] == "0.125"
     assert main(["promote", "--name", "mert", "--tasks", "key", "--dry-run"]) == 0
     assert "would promote" in capsys.readouterr().out
     assert str(client.get_model_version_by_alias("mert", "champion").version) == "1"
+    assert promote("mert", ["key"], uri=uri, version="1", dry_run=True).reason == "version 1 already is the champion"
     decision = promote("mert", ["key"], uri=uri)
     assert decision.promoted and str(client.get_model_version_by_alias("mert", "champion").version) == "2"
     assert "already is the champion" in promote("mert", ["key"], uri=uri).reason
