@@ -22,8 +22,9 @@ field 400): its frame ``i`` covers samples ``[320 i, 320 i + 400)``, exactly stu
 ``do_normalize`` standardises the whole input waveform), so an encoder's features of a frame depend on every
 sample of the input, not on a receptive field: no amount of context makes a window's features equal the whole
 clip's. Hence a clip of up to ``label.chunk_seconds`` (30 s, MARBLE's window) is encoded **whole**, alone and
-unpadded (rows of a batch are encoded at their own length, grouped by length: a clip's codes never depend on
-the other clips of its batch, nor on how the corpus is split across ranks). A longer clip is encoded in windows
+unpadded (each row of a batch on its own: a clip's codes never depend on the other clips of its batch, nor on how
+the corpus is split across ranks; padding or another batch size changes the states by ~1e-6, enough to flip a
+frame that sits on a cluster boundary). A longer clip is encoded in windows
 of about ``chunk_seconds`` of kept frames plus ``context_seconds`` of attention context on each side (the
 label run's :func:`mert.teachers.label_run.plan_windows`); each window gets its own GroupNorm and normalisation
 statistics, as in ``mert extract`` (1.1-1.3% relative L2 per frame on a 60 s clip, README "The model") and as
@@ -216,7 +217,9 @@ class HiddenFeatures(nn.Module):
 
     @torch.inference_mode()
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Each row encoded alone at its own length (rows of equal length share a forward pass, unpadded).
+        """Each row encoded alone, at its own length (no padding, no batch: GEMM kernels chosen for another batch
+        size round differently, ~2e-6 here, which can flip a frame's nearest centroid; one row at a time, a clip's
+        codes do not depend on its batch, so any split of the corpus writes the same store).
 
         Args:
             wav: (B, S) float32 at 24 kHz, right-zero-padded.
@@ -227,10 +230,9 @@ class HiddenFeatures(nn.Module):
             are zero.
         """
         out = wav.new_zeros(wav.shape[0], student_frames(wav.shape[1]), self.dim)  # (B, F, D)
-        for n in torch.unique(lengths).tolist():
-            rows = torch.nonzero(lengths == n).flatten()
-            h = self.encoder(wav[rows, :n], output_layer=self.layer).last_hidden_state  # (b, T, D)
-            out[rows, : h.shape[1]] = h.float()
+        for b, n in enumerate(lengths.tolist()):
+            h = self.encoder(wav[b : b + 1, :n], output_layer=self.layer).last_hidden_state  # (1, T, D)
+            out[b, : h.shape[1]] = h[0].float()
         return out
 
 
