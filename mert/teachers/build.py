@@ -141,7 +141,8 @@ def hidden_features(params):
     Raises:
         TeacherError: no parent named, or it does not load (the message names the file and the reason).
     """
-    from mert.teachers.hidden import HiddenFeatures, load_parent, resolve_layer
+    from mert.teachers.hidden import HiddenFeatures
+    from mert.teachers.parent import load_parent, resolve_layer
 
     h = params.hidden
     if not h.model:

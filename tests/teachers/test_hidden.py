@@ -20,10 +20,11 @@ from mert.model import MERT, MERTConfig
 from mert.teachers.base import TeacherError, student_frames
 from mert.teachers.build import build_teacher, hidden_features
 from mert.teachers.config import HiddenParams, LabelParams
-from mert.teachers.hidden import HiddenFeatures, HiddenTeacher, kmeans_settings, load_parent, resolve_layer
+from mert.teachers.hidden import HiddenFeatures, HiddenTeacher, kmeans_settings
 from mert.teachers.kmeans import KMeansModel
 from mert.teachers.label_run import label_corpus, plan_windows, run_label
 from mert.teachers.labels import LabelStore
+from mert.teachers.parent import load_parent, resolve_layer
 from mert.utils.io import sha256_json
 from tests.teachers.conftest import SR, make_corpus
 from tests.teachers.test_label_run import label_files
