@@ -26,8 +26,8 @@ def test_iteration_repro_labels_with_the_first_models_hidden_state_and_trains_ag
 
     summary = json.loads((repo / "metrics/label-iter2.json").read_text())
     assert summary["teacher"].startswith("hidden-") and summary["computed"] == 3
-    (store,) = (repo / "data/labels-iter2").glob("hidden-*")
-    ident = json.loads((store / "teacher.json").read_text())
+    (store,) = (repo / "data/labels-iter2").glob("hidden-*/teacher.json")  # beside hidden-models/ (the k-means)
+    ident = json.loads(store.read_text())
     assert ident["lineage"]["parent"]["source"] == "data/pretrain/mert-tiny/export"
     assert ident["lineage"]["iteration"] == 2 and ident["config"]["layer"] == 1  # mert-tiny: 2 layers, null -> 1
     run = json.loads((repo / "data/pretrain/mert-tiny-iter2/run.json").read_text())
