@@ -418,7 +418,7 @@ class MERT(nn.Module):
                 GroupNorm use its own samples, the positional conv sees zeros past its end, attention ignores
                 padded frames, and its frames past ``config.num_frames(length)`` are zero in the output
                 (``frame_mask`` says which are valid). ``transformers.HubertModel`` differs on group-norm
-                                models: its GroupNorm spans the padding too (see docs/model.md).
+                models: its GroupNorm spans the padding too (see docs/model.md).
             output_layer: compute only up to hidden state ``output_layer`` (0..``num_hidden_layers``), as
                 fairseq's ``extract_features(output_layer=...)`` does for HuBERT's k-means features: the layers
                 above it are skipped, ``hidden_states`` has ``output_layer + 1`` entries equal to the full pass's

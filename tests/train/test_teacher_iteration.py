@@ -11,6 +11,7 @@ from mert import stages
 from mert.model import MERT
 from mert.teachers.config import HiddenParams, LabelParams
 from mert.teachers.labels import LabelStore
+from mert.teachers.parent import load_parent
 from mert.train import pretrain
 from mert.train.init_from import state_sha256
 from mert.train.params import PretrainParams
@@ -59,6 +60,9 @@ def test_iteration_two_from_an_export_dir_records_its_parent_in_run_json_and_tag
         "hidden", first["export"], weights)  # fmt: skip
     assert (tags["teacher_layer"], tags["teacher_iteration"], "teacher_parent_version" in tags) == ("1", "2", False)
     assert "teacher_parent_model" not in json.loads((tmp_path / "iter1/tags.json").read_text())
+    step = sorted((tmp_path / "iter1/checkpoints").glob("step-*"))[-1]  # the same weights as a training checkpoint
+    from_ckpt = load_parent(str(step))
+    assert (from_ckpt.weights_sha256, from_ckpt.iteration) == (weights, 1)
     card = card_markdown("mert-tiny", "2", tags, {})
     assert f"HuBERT iteration 2: its teacher labels are the 16-cluster k-means codes of hidden state 1 of " \
            f"`{first['export']}`, weights sha256 `{weights[:12]}`." in card  # fmt: skip
