@@ -141,7 +141,7 @@ def hidden_features(params):
     Raises:
         TeacherError: no parent named, or it does not load (the message names the file and the reason).
     """
-    from mert.teachers.hidden import HiddenFeatures
+    from mert.teachers.hidden import HiddenFeatures, context_frames
     from mert.teachers.parent import load_parent, resolve_layer
 
     h = params.hidden
@@ -152,7 +152,8 @@ def hidden_features(params):
             "--parent data/pretrain/mert-small-lowcqt/export`"
         )
     parent = load_parent(h.model)
-    return HiddenFeatures(parent, resolve_layer(parent.model.config, h.layer))
+    layer = resolve_layer(parent.model.config, h.layer)
+    return HiddenFeatures(parent, layer, _chunk(params), context_frames(h.context_seconds))
 
 
 def hidden_model_dir(settings: dict, corpus: Corpus, labels_dir: str | Path) -> Path:
@@ -165,15 +166,15 @@ def hidden_model_dir(settings: dict, corpus: Corpus, labels_dir: str | Path) -> 
 
 def fit_hidden_model(params, features, corpus_dir: str | Path, progress: bool = True):
     """Fit the hidden-state k-means of ``label.hidden`` on the corpus (on ``label.device``); not saved."""
-    from mert.teachers.hidden import context_frames, fit_hidden_kmeans, kmeans_settings
+    from mert.teachers.hidden import fit_hidden_kmeans, kmeans_settings
     from mert.teachers.label_run import resolve_device
 
-    settings = kmeans_settings(features, params.hidden, _chunk(params), context_frames(params.hidden.context_seconds))
+    settings = kmeans_settings(features, params.hidden)
     corpus = Corpus(corpus_dir, verify=False)
     log.info("hidden k-means: fitting %d clusters on layer %d of %s over %d clips", params.hidden.n_clusters,
              features.layer, params.hidden.model, len(corpus))  # fmt: skip
     dev = resolve_device(params.device)
-    return fit_hidden_kmeans(corpus, features, settings, params.batch_size, dev, progress, params.hidden.fit_threads)
+    return fit_hidden_kmeans(corpus, features, settings, dev, progress, params.hidden.fit_threads)
 
 
 def build_hidden_teacher(
@@ -189,22 +190,19 @@ def build_hidden_teacher(
         TeacherError: no or an unloadable parent, a layer it does not have, a k-means model of another parent or
             layer, or too few frames for the clusters.
     """
-    from mert.teachers.hidden import HiddenTeacher, check_kmeans, context_frames, kmeans_settings, settings_of
+    from mert.teachers.hidden import HiddenTeacher, kmeans_settings
     from mert.teachers.kmeans import MODEL_FILE, KMeansModel
 
     h = params.hidden
     features = hidden_features(params)
-    chunk, ctx = _chunk(params), context_frames(h.context_seconds)
     if h.kmeans_model:
-        model = KMeansModel.load(h.kmeans_model)
-        check_kmeans(model, settings_of(features), h.kmeans_model)
-        return HiddenTeacher(features, model, chunk, ctx, h.kmeans_model)
+        return HiddenTeacher(features, KMeansModel.load(h.kmeans_model), h.kmeans_model)
     if corpus_dir is None or labels_dir is None:
         raise TeacherError("label.hidden.kmeans_model is null: a corpus and a labels dir are needed to fit one")
-    path = hidden_model_dir(kmeans_settings(features, h, chunk, ctx), Corpus(corpus_dir, verify=False), labels_dir)
+    path = hidden_model_dir(kmeans_settings(features, h), Corpus(corpus_dir, verify=False), labels_dir)
     if (path / MODEL_FILE).exists():
         log.info("hidden k-means: reusing the model fitted on this corpus: %s", path)
-        return HiddenTeacher(features, KMeansModel.load(path), chunk, ctx, str(path))
+        return HiddenTeacher(features, KMeansModel.load(path), str(path))
     model = fit_hidden_model(params, features, corpus_dir, progress)
     model.save(path)
-    return HiddenTeacher(features, model, chunk, ctx, str(path))
+    return HiddenTeacher(features, model, str(path))

@@ -293,7 +293,7 @@ def _fit_hidden(args: argparse.Namespace, params) -> dict:
         print(
             f"hidden k-means: {params.hidden.n_clusters} clusters of layer {features.layer} of {params.hidden.model} "
             f"(weights {features.parent.weights_sha256[:12]}) on {info.get('frames')} frames of "
-            f"{info.get('windows_read')} windows; inertia {info.get('inertia', float('nan')):.4g} per frame -> "
+            f"{info.get('clips_read')} clips; inertia {info.get('inertia', float('nan')):.4g} per frame -> "
             f"{args.out}"
         )
         print(f"use it with label.hidden.kmeans_model: {args.out} (and label.hidden.model: {params.hidden.model})")

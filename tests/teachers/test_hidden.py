@@ -22,7 +22,7 @@ from mert.teachers.build import build_teacher, hidden_features
 from mert.teachers.config import HiddenParams, LabelParams
 from mert.teachers.hidden import HiddenFeatures, HiddenTeacher, kmeans_settings
 from mert.teachers.kmeans import KMeansModel
-from mert.teachers.label_run import label_corpus, plan_windows, run_label
+from mert.teachers.label_run import label_corpus, run_label
 from mert.teachers.labels import LabelStore
 from mert.teachers.parent import load_parent, resolve_layer
 from mert.utils.io import sha256_json
@@ -101,30 +101,41 @@ def test_labels_are_the_fitted_kmeans_of_the_parents_hidden_state_at_75_hz(corpu
         np.testing.assert_array_equal(codes[0], sk.predict(h))
 
 
-def test_a_long_clip_is_labelled_in_windows_with_attention_context(parent, tmp_path):
-    """Clips above label.chunk_seconds: windows of kept frames plus context, each encoded alone (its own
-    GroupNorm statistics: the codes are the window's, not the whole clip's)."""
+def test_a_long_clip_keeps_its_whole_clip_front_end_and_windows_only_attention(parent, tmp_path):
+    """Clips above label.chunk_seconds: the conv front end (whole-clip GroupNorm) on the whole clip, the transformer
+    in windows with context. With context covering the clip, the codes are the whole clip's exactly; with 0.4 s,
+    they are those of each window's frames under the whole clip's features."""
     from sklearn.metrics import pairwise_distances_argmin
 
     make_corpus(tmp_path / "c", [7.3], music=True)
     corpus = S.Corpus(tmp_path / "c")
-    p = params(parent, context_seconds=0.4)
-    p.chunk_seconds = 2.0  # 150 kept frames per window, 30 frames of context each side
-    assert label_corpus(corpus.root, tmp_path / "l", build_teacher(p, corpus.root, tmp_path / "l"),
-                        batch_size=2, device="cpu", progress=False).computed == 1  # fmt: skip
     (clip,) = corpus.clips
-    codes = LabelStore.open(tmp_path / "l").load(clip)[0]
-    centroids = KMeansModel.load(kmeans_dir(tmp_path / "l")).centroids[0]
     wav = corpus.audio(clip)
-    want = np.full(student_frames(clip.length), -1)
-    windows = plan_windows(0, clip.length, 150, 30, 30)
-    assert len(windows) == 4 and windows[1].keep == 30
-    for w in windows:
-        h = states(parent, wav[w.start : w.start + w.length], 1)[w.keep : w.keep + w.count]
-        want[w.first : w.first + w.count] = pairwise_distances_argmin(h, centroids)
-    np.testing.assert_array_equal(codes, want)
+    model = MERT.from_pretrained(parent)
+
+    def label(context: float) -> tuple[np.ndarray, np.ndarray]:
+        p = params(parent, context_seconds=context)
+        p.chunk_seconds = 2.0  # 4 windows of ~137 frames
+        out = tmp_path / f"l{context}"
+        s = label_corpus(corpus.root, out, build_teacher(p, corpus.root, out), batch_size=2, device="cpu",
+                         progress=False)  # fmt: skip
+        assert s.windows == 1  # the label run hands the teacher the whole clip
+        return LabelStore.open(out).load(clip)[0], KMeansModel.load(kmeans_dir(out)).centroids[0]
+
+    codes, centroids = label(10.0)  # context > the clip: every window sees all of it
+    np.testing.assert_array_equal(codes, pairwise_distances_argmin(states(parent, wav, 1), centroids))
+
+    codes, centroids = label(0.4)  # 30 frames of context (> the positional conv's 8)
+    with torch.no_grad():
+        h = model.feature_projection(model(torch.from_numpy(wav)[None]).features)  # (1, T, D): whole-clip front end
+        n, want = h.shape[1], []
+        for k in range(4):
+            a, b = k * n // 4, (k + 1) * n // 4
+            s, e = max(0, a - 30), min(n, b + 30)
+            want.append(model.encoder(h[:, s:e], output_layer=1)[0][0, a - s : b - s])
+    np.testing.assert_array_equal(codes, pairwise_distances_argmin(torch.cat(want).numpy(), centroids))
     whole = pairwise_distances_argmin(states(parent, wav, 1), centroids)
-    assert 0.5 < (whole == codes).mean() < 1.0  # close to the whole clip's codes, not equal (GroupNorm, attention)
+    assert (whole == codes).mean() > 0.9  # only attention sees less than the clip
 
 
 def test_rows_of_a_padded_batch_are_encoded_alone(parent):
@@ -143,7 +154,7 @@ def test_rows_of_a_padded_batch_are_encoded_alone(parent):
 def test_identity_holds_the_parent_weights_layer_and_kmeans_not_the_path(parent, tmp_path):
     def key(path: Path, layer: int = 1, k: int = 8, seed: int = 0) -> str:
         features = hidden_features(params(path, layer=layer))
-        st = kmeans_settings(features, HiddenParams(**{**FIT, "n_clusters": k}), 2250, 188)
+        st = kmeans_settings(features, HiddenParams(**{**FIT, "n_clusters": k}))
         c = np.random.default_rng(seed).normal(size=(k, 32)).astype(np.float32)
         km = KMeansModel(st, [c], [np.zeros(32, np.float32)], [np.ones(32, np.float32)], {})
         return HiddenTeacher(features, km).key
@@ -155,7 +166,7 @@ def test_identity_holds_the_parent_weights_layer_and_kmeans_not_the_path(parent,
               key(parent, seed=1)]  # fmt: skip
     assert len({base, *others}) == 5
     features = hidden_features(params(parent))
-    km = KMeansModel(kmeans_settings(features, HiddenParams(**FIT), 2250, 188), [np.zeros((8, 32), np.float32)],
+    km = KMeansModel(kmeans_settings(features, HiddenParams(**FIT)), [np.zeros((8, 32), np.float32)],
                      [np.zeros(32, np.float32)], [np.ones(32, np.float32)], {})  # fmt: skip
     ident = HiddenTeacher(features, km).identity()
     lin = ident["lineage"]
