@@ -206,7 +206,7 @@ def mert_pipeline(
     corpus, source = P["corpus"].dir, P["corpus"].source
     profiles = profiles or [P["pretrain"].profile]
     tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)
-    probe_workers = _announce_plan(P, profiles, tasks, baselines, probe_workers, max_steps, log)
+    probe_workers = _announce_plan(P, profiles, tasks, baselines, probe_workers, max_steps, log, teacher_iterations)
     labels = "data/labels"
     if source == DEMO_SOURCE:
         demo_task(str(Path(source).parent), P["demo"])
@@ -239,7 +239,8 @@ def mert_pipeline(
 
 
 def _announce_plan(P: dict, profiles: list[str], tasks: list[str], baselines: list[str] | None,
-                   probe_workers: int | None, max_steps: int | None, log) -> int:  # fmt: skip
+                   probe_workers: int | None, max_steps: int | None, log,
+                   teacher_iterations: int = 1) -> int:  # fmt: skip
     """Measure the machine, say what the run will do and roughly how long it will take; the probe parallelism.
 
     The estimate is for a CPU run (:mod:`mert.plan`); with a GPU the plan lists the stages without times.
@@ -256,7 +257,7 @@ def _announce_plan(P: dict, profiles: list[str], tasks: list[str], baselines: li
         P = dict(P)
         P["pretrain"] = dataclasses.replace(P["pretrain"], profiles={
             k: dataclasses.replace(v, max_steps=max_steps) for k, v in P["pretrain"].profiles.items()})  # fmt: skip
-    plan = plan_main_job(P, profiles, len(tasks), len(baselines or []), compute, probe_workers)
+    plan = plan_main_job(P, profiles, len(tasks), len(baselines or []), compute, probe_workers, teacher_iterations)
     lines = plan.lines()
     if torch.cuda.is_available():
         lines = [ln.split("  ~")[0] for ln in lines if "in all" not in ln] + [
