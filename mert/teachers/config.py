@@ -150,8 +150,8 @@ class HiddenParams:
     n_clusters: int = 500
     """k (HuBERT iterations 2 and 3: 500)."""
     fit_fraction: float = 0.1
-    """Share of the corpus's labelling windows (whole clips up to ``label.chunk_seconds``) drawn at random
-    (seeded) for the k-means fit: fairseq's ``--percent 0.1`` (10% of the utterances)."""
+    """Share of the corpus's clips drawn at random (seeded) for the k-means fit, each encoded whole as for its labels:
+    fairseq's ``--percent 0.1`` (10% of the utterances)."""
     fit_frames: int = 1_000_000
     """At most this many frames of that sample are kept (drawn at random): the fit holds (frames, D) float32 in
     memory (1M frames of a 768-dim model: 3 GB)."""
