@@ -44,8 +44,8 @@ def fake_stages(monkeypatch) -> list[tuple]:
         calls.append(("probe", model, task, out))
         return {"task": Path(task).name, "test_score": 0.5}
 
-    def promote(name, tasks):
-        calls.append(("promote", name, tuple(tasks)))
+    def promote(name, tasks, version=None, **kw):
+        calls.append(("promote", name, tuple(tasks), version))
         return SimpleNamespace(rows=[], promoted=False, candidate="2", champion="1", reason="test")
 
     for name, fn in (("ingest_corpus", ingest), ("label", label), ("prepare_teacher", prepare), ("pretrain", pretrain),
@@ -81,7 +81,8 @@ def test_iteration_two_relabels_with_the_first_models_hidden_state(tmp_path, mon
                        "data/probe/mert-tiny-iter2/key/random-init_mert-tiny.json"),
                       ("random:data/pretrain/mert-tiny/export",
                        "data/probe/mert-tiny/key/random-init_mert-tiny.json")]  # fmt: skip
-    assert [c for c in calls if c[0] == "promote"] == [("promote", "mert-tiny", ("key",))] * 2
+    assert [c for c in calls if c[0] == "promote"] == [("promote", "mert-tiny", ("key",), "1"),
+                                                       ("promote", "mert-tiny", ("key",), "2")]  # fmt: skip
     assert list(r["pretrain"]) == ["mert-tiny", "mert-tiny-iter2"] and len(r["label"]) == 4
     assert {row["profile"] for row in r["probe"]} == {"mert-tiny", "mert-tiny-iter2"}
 
