@@ -1,5 +1,10 @@
 """The ``mert-pipeline`` Prefect flow: ingest -> label -> pretrain (per scale) -> probe -> promote.
 
+With ``teacher_iterations=2`` (HuBERT-style), each trained model then re-labels the corpus with k-means codes of
+its hidden state (``label.hidden``) into ``data/labels-iter2``, and a second model is pretrained on them into
+``data/pretrain/<profile>-iter2``, registered as the next version of the profile's model, probed and promoted like
+the first (and so on for 3 and more).
+
 Thin by design: every task calls one function of :mod:`mert.stages` with paths and a params section;
 the flow only wires outputs to inputs, fans labelling out over shards, and publishes artifacts.
 Run it directly (``python -m flows.pipeline``, an ephemeral local Prefect) or as a deployment
@@ -58,6 +63,12 @@ def ingest_task(source: str, out: str, params) -> dict:
 def label_task(corpus: str, labels: str, params, shard_index: int, num_shards: int) -> dict:
     return stages.label(corpus, labels, params, shard_index=shard_index, num_shards=num_shards,
                         progress=False).as_dict()  # fmt: skip
+
+
+@task(name="teacher-fit", retries=1, retry_delay_seconds=5)
+def teacher_fit_task(corpus: str, labels: str, params) -> str:
+    """Fit what the teacher fits on the corpus (the hidden teacher's k-means) once, before the label shards."""
+    return stages.prepare_teacher(corpus, labels, params)
 
 
 @task(name="pretrain", retries=1, retry_delay_seconds=10)
@@ -162,6 +173,7 @@ def mert_pipeline(
     workdir: str | None = None,
     probe_workers: int | None = None,
     max_restarts: int = 0,
+    teacher_iterations: int = 1,
 ) -> dict[str, Any]:
     """Run the whole pipeline with ``params_file`` (paths are relative to ``workdir``, default cwd).
 
@@ -181,15 +193,20 @@ def mert_pipeline(
         max_restarts: pretraining under torchrun restarts the whole group up to this many times when a rank fails
             (each restart resumes from the newest checkpoint, in the same MLflow run); > 0 launches torchrun even
             with one process.
+        teacher_iterations: HuBERT-style iterations per profile: 1 trains on ``label.teacher``'s labels; each
+            further one labels the corpus with k-means codes of the previous model's hidden state (``label.hidden``:
+            layer, clusters, fit) into ``data/labels-iter<n>`` and trains ``data/pretrain/<profile>-iter<n>`` on them.
     """
     log = get_run_logger()
+    if teacher_iterations < 1:
+        raise ValueError(f"teacher_iterations must be >= 1, got {teacher_iterations}")
     if workdir:
         os.chdir(workdir)
     P = load_params(params_file)
     corpus, source = P["corpus"].dir, P["corpus"].source
     profiles = profiles or [P["pretrain"].profile]
     tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)
-    probe_workers = _announce_plan(P, profiles, tasks, baselines, probe_workers, max_steps, log)
+    probe_workers = _announce_plan(P, profiles, tasks, baselines, probe_workers, max_steps, log, teacher_iterations)
     labels = "data/labels"
     if source == DEMO_SOURCE:
         demo_task(str(Path(source).parent), P["demo"])
@@ -199,43 +216,31 @@ def mert_pipeline(
                             unmapped(label_shards))  # fmt: skip
     label_summaries = [s.result() for s in shards]
     results: dict[str, Any] = {"ingest": summary, "label": label_summaries, "pretrain": {}, "probe": []}
+    tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)  # rendered by now
     for profile in profiles:
         params = dataclasses.replace(P["pretrain"], profile=profile)
-        res = pretrain_task(corpus, labels, f"data/pretrain/{profile}", params, nproc_per_node, params_file, max_steps,
-                            max_restarts)  # fmt: skip
-        results["pretrain"][profile] = res
-        model = (f"models:/{res['registered_model']}/{res['registered_version']}" if res.get("registered_version")
-                 else res["export"])  # fmt: skip
-        tasks = probe_tasks if probe_tasks is not None else _demo_tasks(source)  # rendered by now
-        jobs = []
-        for task_dir in tasks:
-            for spec in _pair_expensive(model, _baseline_specs(baselines, res["export"])):
-                label = f"random-init {profile}" if spec.startswith("random:") else spec
-                name = label.replace(":", "_").replace("/", "_").replace(" ", "_")
-                out = f"data/probe/{profile}/{Path(task_dir).name}/{name}.json"
-                row = {"profile": profile, "label": label}
-                if spec == model:
-                    row |= {"label": profile, "role": "pretrained"}
-                elif spec.startswith("random:"):
-                    row |= {"role": "random-init"}
-                jobs.append((spec, task_dir, out, row))
-        rows = _run_probes(jobs, P["probe"], probe_workers)
-        results["probe"].extend(rows)
-        if res.get("registered_version"):  # one at a time: each call rewrites the version's model card
-            for spec, _, out, _ in jobs:
-                if spec == model:
-                    track_probe_task(out)
-        if res.get("registered_version") and tasks:
-            names = [Path(t).name for t in tasks]
-            results.setdefault("promote", []).append(
-                promote_task(res["registered_model"], names, res["registered_version"]))  # fmt: skip
+        parent = None
+        for it in range(1, teacher_iterations + 1):
+            labels_it = stages.iteration_dir(labels, it)
+            if it > 1:  # HuBERT iteration: k-means codes of the previous model's hidden state
+                label_params = stages.iteration_label_params(P["label"], parent)
+                teacher_fit_task(corpus, labels_it, label_params)
+                shards = label_task.map(unmapped(corpus), unmapped(labels_it), unmapped(label_params),
+                                        list(range(label_shards)), unmapped(label_shards))  # fmt: skip
+                results["label"].extend(s.result() for s in shards)
+            name = stages.iteration_dir(profile, it)
+            res = pretrain_task(corpus, labels_it, f"data/pretrain/{name}", params, nproc_per_node, params_file,
+                                max_steps, max_restarts)  # fmt: skip
+            results["pretrain"][name] = res
+            parent = _probe_and_promote(res, name, profile, tasks, baselines, P["probe"], probe_workers, results)
     if results["probe"]:
         results["probe_summary"] = _probe_table(results["probe"])
     return results
 
 
 def _announce_plan(P: dict, profiles: list[str], tasks: list[str], baselines: list[str] | None,
-                   probe_workers: int | None, max_steps: int | None, log) -> int:  # fmt: skip
+                   probe_workers: int | None, max_steps: int | None, log,
+                   teacher_iterations: int = 1) -> int:  # fmt: skip
     """Measure the machine, say what the run will do and roughly how long it will take; the probe parallelism.
 
     The estimate is for a CPU run (:mod:`mert.plan`); with a GPU the plan lists the stages without times.
@@ -252,7 +257,7 @@ def _announce_plan(P: dict, profiles: list[str], tasks: list[str], baselines: li
         P = dict(P)
         P["pretrain"] = dataclasses.replace(P["pretrain"], profiles={
             k: dataclasses.replace(v, max_steps=max_steps) for k, v in P["pretrain"].profiles.items()})  # fmt: skip
-    plan = plan_main_job(P, profiles, len(tasks), len(baselines or []), compute, probe_workers)
+    plan = plan_main_job(P, profiles, len(tasks), len(baselines or []), compute, probe_workers, teacher_iterations)
     lines = plan.lines()
     if torch.cuda.is_available():
         lines = [ln.split("  ~")[0] for ln in lines if "in all" not in ln] + [
@@ -261,6 +266,39 @@ def _announce_plan(P: dict, profiles: list[str], tasks: list[str], baselines: li
     for line in lines:
         log.info(line)
     return plan.probe_workers
+
+
+def _probe_and_promote(res: dict, name: str, profile: str, tasks: list[str], baselines: list[str] | None,
+                       probe_params, probe_workers: int, results: dict[str, Any]) -> str:  # fmt: skip
+    """Probe the model a pretrain task trained (beside its baselines), log its probes, promote; returns its spec.
+
+    ``name`` is the run's name (``<profile>`` or ``<profile>-iter<n>``): the probe outputs and the evidence tables
+    are grouped by it. The spec is ``models:/<model>/<version>`` when registered, else the export directory.
+    """
+    model = (f"models:/{res['registered_model']}/{res['registered_version']}" if res.get("registered_version")
+             else res["export"])  # fmt: skip
+    jobs = []
+    for task_dir in tasks:
+        for spec in _pair_expensive(model, _baseline_specs(baselines, res["export"])):
+            label = f"random-init {profile}" if spec.startswith("random:") else spec
+            stem = label.replace(":", "_").replace("/", "_").replace(" ", "_")
+            out = f"data/probe/{name}/{Path(task_dir).name}/{stem}.json"
+            row = {"profile": name, "label": label}
+            if spec == model:
+                row |= {"label": name, "role": "pretrained"}
+            elif spec.startswith("random:"):
+                row |= {"role": "random-init"}
+            jobs.append((spec, task_dir, out, row))
+    results["probe"].extend(_run_probes(jobs, probe_params, probe_workers))
+    if res.get("registered_version"):  # one at a time: each call rewrites the version's model card
+        for spec, _, out, _ in jobs:
+            if spec == model:
+                track_probe_task(out)
+    if res.get("registered_version") and tasks:
+        names = [Path(t).name for t in tasks]
+        results.setdefault("promote", []).append(
+            promote_task(res["registered_model"], names, res["registered_version"]))  # fmt: skip
+    return model
 
 
 def _pair_expensive(model: str, baselines: list[str]) -> list[str]:
@@ -309,10 +347,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--label-shards", type=int, default=1)
     ap.add_argument("--probe-workers", type=int, help="probes computed at once (same results; default: from the "
                     "machine's measured compute)")  # fmt: skip
+    ap.add_argument(
+        "--teacher-iterations",
+        type=int,
+        default=1,
+        help="HuBERT-style iterations: 2 re-labels the corpus with k-means codes of the trained model's hidden state "
+        "(label.hidden) and pretrains again (data/labels-iter2, data/pretrain/<profile>-iter2)",
+    )
     args = ap.parse_args(argv)
     r = mert_pipeline(params_file=args.params, profiles=args.profiles, baselines=args.baselines,
                       max_steps=args.max_steps, label_shards=args.label_shards,
-                      probe_workers=args.probe_workers)  # fmt: skip
+                      probe_workers=args.probe_workers, teacher_iterations=args.teacher_iterations)  # fmt: skip
     print_report(r)
 
 

@@ -4,7 +4,8 @@ Everything on the card is read back from the registry, so it is a function of wh
 
 * the version's lineage tags, written by ``mert pretrain`` at registration (``profile``, ``teacher``,
   ``teacher_hash``, ``corpus_path``, ``corpus_manifest_sha256``, ``corpus_dvc_md5``, ``step``, ``run_id``,
-  ``git_commit``, ... any other tag is listed too);
+  ``git_commit``, ... any other tag is listed too), and for a model trained on a hidden-state teacher (HuBERT
+  iteration 2+) the model its labels came from (``teacher_parent_model``, its weights, layer, k-means, iteration);
 * the final losses: the latest ``*loss*`` metrics of the training run (``train/loss/total``, ``val/loss/total``,
   the per-teacher CE and CQT parts; per-codebook metrics are left out);
 * the probe table, once probed: ``probe.<task>.*`` tags written by ``mert probe --mlflow``
@@ -31,6 +32,13 @@ LINEAGE = (
     ("profile", "profile"),
     ("teacher", "teacher"),
     ("teacher_hash", "teacher identity hash"),
+    ("teacher_iteration", "HuBERT iteration"),
+    ("teacher_parent_model", "teacher's parent model"),
+    ("teacher_parent_version", "teacher's parent version"),
+    ("teacher_parent_model_sha256", "teacher's parent weights sha256"),
+    ("teacher_layer", "teacher's parent layer"),
+    ("teacher_n_clusters", "teacher clusters"),
+    ("teacher_kmeans_hash", "teacher k-means hash"),
     ("corpus_path", "corpus"),
     ("corpus_manifest_sha256", "corpus manifest sha256"),
     ("corpus_dvc_md5", "corpus DVC md5"),
@@ -120,6 +128,21 @@ def lineage_table(tags: Mapping[str, str]) -> str:
     return "| | |\n|---|---|\n" + body if rows else "No lineage tags recorded."
 
 
+def iteration_line(tags: Mapping[str, str]) -> str:
+    """For a model trained on a hidden-state teacher: which model's hidden state its labels clustered (else "")."""
+    parent = tags.get("teacher_parent_model")
+    if not parent:
+        return ""
+    it = tags.get("teacher_iteration")
+    which = f"HuBERT iteration {it}" if it else "a HuBERT-style iteration"
+    version = f" (version `{tags['teacher_parent_version']}`)" if tags.get("teacher_parent_version") else ""
+    return (
+        f"{which}: its teacher labels are the {tags.get('teacher_n_clusters', '?')}-cluster k-means codes of hidden "
+        f"state {tags.get('teacher_layer', '?')} of `{_cell(parent)}`{version}, weights sha256 "
+        f"`{tags.get('teacher_parent_model_sha256', '?')[:12]}`.\n\n"
+    )
+
+
 def losses_table(metrics: Mapping[str, float]) -> str:
     """The final (latest) loss metrics of the training run, per-codebook ones left out."""
     keys = [k for k in metrics if "loss" in k and not re.search(r"_\d+$", k)]
@@ -175,7 +198,7 @@ A MERT-style music encoder (HuBERT architecture over 24 kHz mono audio, 75 Hz fr
 
 ### Lineage
 
-{lineage_table(tags)}
+{iteration_line(tags)}{lineage_table(tags)}
 
 ### Final losses (training run)
 

@@ -26,6 +26,12 @@ INGEST_S_PER_AUDIO_MIN = 0.5
 """Decoding, resampling and sharding one minute of audio, one process."""
 LABEL_S_PER_AUDIO_S = {"rvq": 0.12, "kmeans": 0.004, "bestrq": 0.02, "melrvq": 0.02}
 """Teacher labelling, seconds per second of audio (the random-projection EnCodec is a full conv encoder)."""
+HIDDEN_S_PER_AUDIO_S = 0.018
+"""The hidden teacher (HuBERT iteration 2) with a ``mert-small`` parent: its hidden states for the k-means sample (every
+clip at ``fit_fraction: 1``) and for the labels, seconds per second of audio (7 s + 11 s for the demo's 17 min)."""
+KMEANS_S = 94.0
+"""Its k-means fit at the demo's size: 500 clusters, 20 k-means++ initialisations, 76,675 x 64 frames, 1 thread;
+scaled by ``n_init x n_clusters x hidden size``."""
 PRETRAIN_S_PER_GFLOP = 0.045
 """Wall seconds per analytic GFLOP of a CPU pretraining step (about 30% of the machine's matmul peak: the conv
 front end and the elementwise work run well below it)."""
@@ -99,8 +105,8 @@ def step_gflops(profile, n_codebooks: int = 8, codebook_size: int = 1024) -> flo
     return 6.0 * clips * (conv + dense * frames + attn * frames + heads) / 1e9
 
 
-def plan_main_job(params: dict, profiles: list[str], n_tasks: int, n_baselines: int,
-                  compute: CPUCompute, probe_workers: int | None = None) -> JobPlan:  # fmt: skip
+def plan_main_job(params: dict, profiles: list[str], n_tasks: int, n_baselines: int, compute: CPUCompute,
+                  probe_workers: int | None = None, teacher_iterations: int = 1) -> JobPlan:  # fmt: skip
     """The main job's stages with estimated seconds on ``compute``'s machine.
 
     Args:
@@ -110,6 +116,8 @@ def plan_main_job(params: dict, profiles: list[str], n_tasks: int, n_baselines: 
         n_baselines: probed beside each model (the random-init twin included).
         compute: this machine's measured compute.
         probe_workers: probes at a time (None: ``compute.parallel_jobs()``).
+        teacher_iterations: HuBERT iterations per profile (each after the first: a hidden-teacher labelling with its
+            k-means fit, and one more pretraining of the profile).
     """
     pw = probe_workers or compute.parallel_jobs()
     demo = params["demo"]
@@ -135,8 +143,25 @@ def plan_main_job(params: dict, profiles: list[str], n_tasks: int, n_baselines: 
         sec = prof.max_steps * gflop * PRETRAIN_S_PER_GFLOP * REFERENCE_GFLOPS / best
         plan.stages.append(Stage(f"pretrain {name}", f"pretrain {name}, {prof.max_steps} steps of {gflop:.1f} GFLOP",
                                  sec))  # fmt: skip
-    n_probes = n_tasks * (1 + n_baselines) * len(profiles)
+        for it in range(2, teacher_iterations + 1):
+            plan.stages.append(_hidden_label_stage(params, name, it, audio_s, slow, par))
+            plan.stages.append(Stage(f"pretrain {name}-iter{it}", f"pretrain {name}-iter{it} on them, "
+                                     f"{prof.max_steps} steps", sec))  # fmt: skip
+    n_probes = n_tasks * (1 + n_baselines) * len(profiles) * teacher_iterations
     probe_s = (sum(PROBE_S.values()) / len(PROBE_S)) * n_probes * slow / min(pw, par)
     plan.stages.append(Stage("probe", f"{n_probes} probes ({n_tasks} tasks x {1 + n_baselines} models), {pw} at a time",
                              probe_s))  # fmt: skip
     return plan
+
+
+def _hidden_label_stage(params: dict, profile: str, iteration: int, audio_s: float, slow: float, par: float) -> Stage:
+    """Iteration ``iteration``'s labels: k-means codes of the previous model's hidden state (fit, then labels)."""
+    from mert.model.config import MERTConfig
+
+    h = params["label"].hidden
+    prof = params["pretrain"].profiles[profile]
+    dim = MERTConfig.from_name(prof.model, **prof.model_overrides).hidden_size
+    fit = KMEANS_S * (h.n_init / 20) * (h.n_clusters / 500) * (dim / 64) * slow
+    states = audio_s * HIDDEN_S_PER_AUDIO_S * slow / par * (1 + h.fit_fraction) / 2
+    return Stage(f"label iter{iteration}", f"label it again: k-means ({h.n_clusters}) of the model's hidden state "
+                 f"(iteration {iteration})", fit + states)  # fmt: skip

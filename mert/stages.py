@@ -39,6 +39,46 @@ def label(corpus: str | Path, labels: str | Path, params=None, *, shard_index: i
                      progress=progress)  # fmt: skip
 
 
+def iteration_label_params(params, parent: str):
+    """The ``label`` section of a HuBERT-style next iteration: the ``hidden`` teacher on ``parent``'s hidden state.
+
+    Args:
+        params: the ``label`` section (``LabelParams``; None: its defaults); ``label.hidden`` gives the layer, the
+            clusters and the fit.
+        parent: the previous iteration's model (an export dir or ``models:/name/version``).
+
+    Returns:
+        A copy with ``teacher: hidden`` and ``hidden.model: parent``.
+    """
+    import dataclasses
+
+    from mert.teachers.config import LabelParams
+
+    params = params or LabelParams()
+    return dataclasses.replace(params, teacher="hidden", hidden=dataclasses.replace(params.hidden, model=parent))
+
+
+def iteration_dir(path: str | Path, iteration: int) -> str:
+    """Where iteration ``n`` of a run or label store lives: ``path`` for 1, ``<path>-iter<n>`` after."""
+    if iteration < 1:
+        raise ValueError(f"iteration must be >= 1, got {iteration}")
+    return str(path) if iteration == 1 else f"{path}-iter{iteration}"
+
+
+def prepare_teacher(corpus: str | Path, labels: str | Path, params=None, progress: bool = False) -> str:
+    """Build the teacher of ``params`` once, fitting (and saving under ``labels``) what it fits on the corpus.
+
+    Run before labelling shards concurrently, so that they reuse one fit instead of each fitting its own.
+
+    Returns:
+        The teacher's key (its label store's directory name under ``labels``).
+    """
+    from mert.teachers.build import build_teacher
+    from mert.teachers.config import LabelParams
+
+    return build_teacher(params or LabelParams(), corpus, labels, progress=progress).key
+
+
 def pretrain(corpus: str | Path, labels: str | Path, out: str | Path, params=None, *, nproc_per_node: int = 1,
              params_file: str | Path | None = None, max_restarts: int = 0,
              **kwargs: Any) -> dict[str, Any]:  # fmt: skip

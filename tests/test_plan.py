@@ -62,3 +62,13 @@ def test_the_plan_follows_the_steps_and_the_probe_workers_asked_for(P):
     half = plan_main_job(P, ["x"], 4, 3, SLOW, probe_workers=2)
     full = plan_main_job(load_params(ROOT / "params.yaml"), ["mert-small-lowcqt"], 4, 3, SLOW)
     assert half.stages[3].seconds == pytest.approx(full.stages[3].seconds / 2) and half.probe_workers == 2
+
+
+def test_a_second_teacher_iteration_adds_its_labels_pretraining_and_probes(P):
+    one = plan_main_job(P, ["mert-small-lowcqt"], 4, 3, SLOW)
+    two = plan_main_job(P, ["mert-small-lowcqt"], 4, 3, SLOW, teacher_iterations=2)
+    assert [s.name for s in two.stages] == ["render", "ingest", "label", "pretrain mert-small-lowcqt",
+                                            "label iter2", "pretrain mert-small-lowcqt-iter2", "probe"]  # fmt: skip
+    assert two.stages[5].seconds == one.stages[3].seconds and two.stages[6].seconds == 2 * one.stages[4].seconds
+    assert 60 < two.stages[4].seconds < 600  # measured: 2 min on the demo corpus
+    assert "32 probes" in "\n".join(two.lines())

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from mert.params import ParamsError, section
 
-TEACHERS = ("rvq", "kmeans", "bestrq", "melrvq")
-"""``mert label --teacher`` values (= ``mert.model.pretraining.TEACHERS``)."""
+TEACHERS = ("rvq", "kmeans", "bestrq", "melrvq", "hidden")
+"""``mert label --teacher`` values (= ``mert.model.pretraining.TEACHERS``). ``hidden`` clusters the hidden state of
+the model ``label.hidden.model`` names (which must be set; that model is not a DVC dependency of the grid)."""
 CQT_VARIANTS = ("with", "without", "log")
 """``with``: the profile's objective (the reference: CQT MSE, weight 1, linear magnitude); ``without``: CQT loss
 weight 0, everything else as the profile; ``log``: the CQT target on the log scale (``cqt_scale: log``, a

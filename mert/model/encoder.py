@@ -339,13 +339,17 @@ class Encoder(nn.Module):
         self.pre_ln, self.layerdrop = cfg.do_stable_layer_norm, cfg.layerdrop
 
     def forward(
-        self, x: Tensor, output_hidden_states: bool = False, keep: Tensor | None = None
+        self, x: Tensor, output_hidden_states: bool = False, keep: Tensor | None = None, output_layer: int | None = None
     ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
         """(B, T, D) -> ((B, T, D) last state, hidden states or None). See :class:`MERTOutput`.
 
         ``keep``: optional (B, T) bool of each clip's own frames. As ``HubertEncoder`` does, padded frames are
         zeroed before the positional conv (so it sees what it sees past the end of the clip alone: zeros) and
         masked out of every attention.
+
+        ``output_layer``: stop after that many layers (fairseq's ``extract_features(output_layer=L)``); the states
+        returned are then the first ``L + 1`` of the full pass, and the last state is hidden state ``L`` (for
+        ``L < num_hidden_layers`` the pre-LN layout's final LayerNorm is not applied, as in the full pass).
         """
         if keep is not None:
             x = x.masked_fill(~keep[..., None], 0.0)
@@ -354,12 +358,13 @@ class Encoder(nn.Module):
             x = self.layer_norm(x)
         x = self.dropout(x)
         states = [x] if output_hidden_states else None
-        for layer in self.layers:
+        layers = self.layers if output_layer is None else self.layers[:output_layer]
+        for layer in layers:
             if not (self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop):
                 x = layer(x, keep)
             if states is not None:
                 states.append(x)
-        if self.pre_ln:
+        if self.pre_ln and len(layers) == len(self.layers):
             x = self.layer_norm(x)
             if states is not None:
                 states[-1] = x
@@ -394,6 +399,7 @@ class MERT(nn.Module):
         *,
         input_values: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        output_layer: int | None = None,
     ) -> MERTOutput:
         """Encode a batch of clips, equal-length or right-padded (the HF call style).
 
@@ -413,6 +419,10 @@ class MERT(nn.Module):
                 padded frames, and its frames past ``config.num_frames(length)`` are zero in the output
                 (``frame_mask`` says which are valid). ``transformers.HubertModel`` differs on group-norm
                 models: its GroupNorm spans the padding too (see docs/model.md).
+            output_layer: compute only up to hidden state ``output_layer`` (0..``num_hidden_layers``), as
+                fairseq's ``extract_features(output_layer=...)`` does for HuBERT's k-means features: the layers
+                above it are skipped, ``hidden_states`` has ``output_layer + 1`` entries equal to the full pass's
+                first ones, and ``last_hidden_state`` is ``hidden_states[output_layer]``.
 
         Returns:
             :class:`MERTOutput` with tensors of T = ``config.num_frames(L)`` frames: ``last_hidden_state``
@@ -428,6 +438,9 @@ class MERT(nn.Module):
         n_frames = self.config.num_frames(wav.shape[1])
         if mask is not None and tuple(mask.shape) != (wav.shape[0], n_frames):
             raise ValueError(f"mask shape {tuple(mask.shape)} != (batch, frames) {(wav.shape[0], n_frames)}")
+        n_layers = self.config.num_hidden_layers
+        if output_layer is not None and (isinstance(output_layer, bool) or not 0 <= output_layer <= n_layers):
+            raise ValueError(f"output_layer {output_layer!r} is not a hidden-state index in 0..{n_layers}")
         if self.config.do_normalize:
             wav = normalize_waveform(wav) if lengths is None else normalize_padded(wav, lengths)
         features = self._features(wav, lengths)  # (B, T, C)
@@ -435,7 +448,7 @@ class MERT(nn.Module):
         if mask is not None:
             x = torch.where(mask[..., None], self.masked_spec_embed.to(x.dtype), x)
         keep = None if lengths is None else frame_mask(lengths, self.config, n_frames)  # (B, T)
-        last, states = self.encoder(x, output_hidden_states, keep)
+        last, states = self.encoder(x, output_hidden_states, keep, output_layer)
         if keep is None:
             return MERTOutput(last_hidden_state=last, hidden_states=states, features=features)
         pad = ~keep[..., None]  # (B, T, 1): frames past each clip's end

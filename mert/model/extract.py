@@ -129,6 +129,49 @@ def encode_long(
     return torch.cat(parts, dim=1)  # (n_layers, T, D)
 
 
+@torch.inference_mode()
+def hidden_state_in_windows(model: MERT, wav: torch.Tensor, layer: int, window_frames: int,
+                            context_frames: int) -> torch.Tensor:  # fmt: skip
+    """Hidden state ``layer`` of one clip of any length: the front end on the whole clip, the transformer in windows.
+
+    Unlike :func:`encode_long` (windows of audio, each with its own statistics), everything below the transformer is
+    the whole-clip pass's exactly: the per-clip waveform normalisation (``do_normalize``), layer 0's GroupNorm over
+    the whole clip (the conv stack streams in bounded memory, :class:`mert.model.encoder.FeatureExtractor`) and the
+    feature projection. The projected frames are then cut into ``ceil(T / window_frames)`` even windows, each
+    encoded by the transformer with up to ``context_frames`` frames of context on each side (stopping at ``layer``,
+    as fairseq's ``extract_features(output_layer=...)``). The positional convolution of a kept frame is exact when
+    ``context_frames >= num_conv_pos_embeddings // 2``; attention sees the window and its context only. One window
+    (``T <= window_frames``) is the whole-clip pass: ``model(wav, output_layer=layer).last_hidden_state``.
+
+    Args:
+        model: the encoder (eval mode).
+        wav: (L,) audio at the model rate, L >= the receptive field.
+        layer: hidden-state index (0..``num_hidden_layers``).
+        window_frames: kept frames per window.
+        context_frames: frames of context on each side of a window.
+
+    Returns:
+        (T, D) with T = ``model.config.num_frames(L)``.
+    """
+    import math
+
+    from mert.model.encoder import normalize_waveform
+
+    x = wav[None]  # (1, L)
+    if model.config.do_normalize:
+        x = normalize_waveform(x)
+    h = model.feature_projection(model.feature_extractor(x))  # (1, T, D): whole-clip statistics
+    n_frames = h.shape[1]
+    n = max(1, math.ceil(n_frames / window_frames))
+    out = h.new_empty(n_frames, h.shape[2])  # (T, D)
+    for k in range(n):
+        a, b = k * n_frames // n, (k + 1) * n_frames // n
+        s, e = max(0, a - context_frames), min(n_frames, b + context_frames)
+        y, _ = model.encoder(h[:, s:e], output_layer=layer)  # (1, e - s, D)
+        out[a:b] = y[0, a - s : b - s]
+    return out
+
+
 def _layers(cfg: MERTConfig, layers: Sequence[int] | None) -> list[int]:
     n = cfg.num_hidden_layers + 1
     if layers is None:

@@ -80,7 +80,9 @@ _UNSUPPORTED_TRUE = {
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that does not match the model: names the missing, unexpected and mis-shaped keys."""
+    """A checkpoint that does not match the model (names the missing, unexpected and mis-shaped keys), or a
+    weights file that cannot be read (names the file and the reader's reason: truncated, corrupt, not weights).
+    """
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -137,14 +139,33 @@ def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     files = _weight_files(directory)
     state: dict[str, torch.Tensor] = {}
     for f in files:
+        state.update(_read_weights_file(f))
+    return {_rename(k): v for k, v in state.items()}
+
+
+def _read_weights_file(f: Path) -> dict[str, torch.Tensor]:
+    """One weights file (safetensors, else ``torch.load(weights_only=True)``).
+
+    Raises:
+        FileNotFoundError: the file is missing (a sharded index naming an absent shard).
+        CheckpointError: the file cannot be read as weights (truncated, corrupt, a pickle with code, not a dict of
+            tensors); the message names the file and the reader's reason.
+    """
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: weights file not found")
+    try:
         if f.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             part = load_file(str(f), device="cpu")
         else:
             part = torch.load(f, map_location="cpu", weights_only=True)
-        state.update(part)
-    return {_rename(k): v for k, v in state.items()}
+    except Exception as e:  # safetensors' SafetensorsError, torch's UnpicklingError / RuntimeError, OSError, ...
+        size = f.stat().st_size
+        raise CheckpointError(f"{f}: unreadable weights file ({size} bytes): {type(e).__name__}: {e}") from e
+    if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+        raise CheckpointError(f"{f}: not a state dict of tensors (found {type(part).__name__})")
+    return part
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -305,18 +326,30 @@ def load_config(path: str | os.PathLike, do_normalize: bool | None = None) -> tu
 
     Raises:
         FileNotFoundError: no ``config.json``.
-        ConfigError: unsupported config (e.g. ``feature_extractor_cqt: true``).
+        ConfigError: unsupported config (e.g. ``feature_extractor_cqt: true``), or a config file that is not valid
+            JSON (naming it).
     """
     path = Path(path)
     if not (path / CONFIG_NAME).exists():
         raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (expected the released MERT/HuBERT layout)")
-    hf = json.loads((path / CONFIG_NAME).read_text())
+    hf = _read_json(path / CONFIG_NAME)
     cfg = MERTConfig.from_hf_dict(hf)
     if do_normalize is None and (path / PREPROCESSOR_NAME).exists():
-        do_normalize = bool(json.loads((path / PREPROCESSOR_NAME).read_text()).get("do_normalize", True))
+        do_normalize = bool(_read_json(path / PREPROCESSOR_NAME).get("do_normalize", True))
     if do_normalize is not None:
         cfg = dataclasses.replace(cfg, do_normalize=do_normalize)
     return cfg, hf
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file; :class:`ConfigError` naming the file when it is not one (truncated, corrupt)."""
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def from_pretrained(
@@ -346,8 +379,8 @@ def from_pretrained(
 
     Raises:
         ModelNotFoundError: neither a directory nor a resolvable hub id (see :func:`resolve_pretrained`).
-        ConfigError: unsupported config (e.g. ``feature_extractor_cqt: true``).
-        CheckpointError: missing, unexpected or mis-shaped keys.
+        ConfigError: unsupported config (e.g. ``feature_extractor_cqt: true``) or a config file that is not JSON.
+        CheckpointError: missing, unexpected or mis-shaped keys, or an unreadable weights file (naming it).
     """
     path = resolve_pretrained(path, revision, cache_dir)
     cfg, hf = load_config(path, do_normalize)

@@ -29,15 +29,17 @@ from mert.model.masking import compute_span_mask
 from mert.model.mixture import mix_in_batch
 
 HEADS = ("nce", "softmax")
-TEACHERS = ("rvq", "kmeans", "bestrq", "melrvq")
+TEACHERS = ("rvq", "kmeans", "bestrq", "melrvq", "hidden")
 """Label sources, as metric names spell them: EnCodec RVQ (MERT-v1), k-means (MERT-v0 / HuBERT), mel BEST-RQ
-(MusicFM) and Mel-RVQ (MuQ); the teachers of ``mert label`` (``label.teacher``)."""
+(MusicFM), Mel-RVQ (MuQ) and k-means of a trained encoder's hidden state (HuBERT iteration 2+); the teachers of
+``mert label`` (``label.teacher``)."""
 CQT_SCALES = ("linear", "log")
 
 
 def teacher_kind(name: str) -> str:
     """The :data:`TEACHERS` entry of a label identity's ``name`` (``rvq-random-projection`` -> ``rvq``,
-    ``kmeans-mfcc`` -> ``kmeans``, ``bestrq`` -> ``bestrq``, ``melrvq`` -> ``melrvq``); ``rvq`` (MERT's naming)
+    ``kmeans-mfcc`` -> ``kmeans``, ``bestrq`` -> ``bestrq``, ``melrvq`` -> ``melrvq``, ``hidden`` -> ``hidden``);
+    ``rvq`` (MERT's naming)
     for anything else, e.g. the ``hash`` stand-in labels.
     """
     head = str(name).split("-")[0]

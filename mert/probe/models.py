@@ -184,7 +184,12 @@ def load_training_checkpoint(path: Path, do_normalize: bool | None = None) -> ME
         raise ModelSpecError(f"{path}: neither an HF export (config.json + *.safetensors) nor checkpoint.pt")
     from mert.model import MERT, MERTConfig
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated / corrupt zip, a pickle with code (refused by weights_only), ...
+        raise ModelSpecError(f"{ckpt}: unreadable training checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ModelSpecError(f"{ckpt}: not a training checkpoint (no 'model' state dict)")
     enc = (state.get("config") or {}).get("encoder")
     if not isinstance(enc, dict):
         raise ModelSpecError(f"{ckpt}: no config.encoder in the checkpoint (cannot rebuild the encoder)")

@@ -28,6 +28,8 @@ def build_teacher(
         return build_bestrq_teacher(params, corpus_dir, labels_dir)
     if params.teacher == "melrvq":
         return build_melrvq_teacher(params, corpus_dir, labels_dir, progress)
+    if params.teacher == "hidden":
+        return build_hidden_teacher(params, corpus_dir, labels_dir, progress)
     return build_kmeans_teacher(params, corpus_dir, labels_dir)
 
 
@@ -131,3 +133,76 @@ def build_kmeans_teacher(params, corpus_dir: str | Path | None = None, labels_di
     model = fit_kmeans(corpus, settings, k.fit_frames)
     model.save(path)
     return KMeansTeacher(model, chunk)
+
+
+def hidden_features(params):
+    """The parent of ``label.hidden.model`` and its hidden state ``label.hidden.layer`` (:mod:`mert.teachers.hidden`).
+
+    Raises:
+        TeacherError: no parent named, or it does not load (the message names the file and the reason).
+    """
+    from mert.teachers.hidden import HiddenFeatures, context_frames
+    from mert.teachers.parent import load_parent, resolve_layer
+
+    h = params.hidden
+    if not h.model:
+        raise TeacherError(
+            "label.hidden.model is null: name the trained encoder whose hidden states are clustered (an export "
+            "dir, a checkpoint, a hub id or models:/name@alias), e.g. `mert label CORPUS LABELS --teacher hidden "
+            "--parent data/pretrain/mert-small-lowcqt/export`"
+        )
+    parent = load_parent(h.model)
+    layer = resolve_layer(parent.model.config, h.layer)
+    return HiddenFeatures(parent, layer, _chunk(params), context_frames(h.context_seconds))
+
+
+def hidden_model_dir(settings: dict, corpus: Corpus, labels_dir: str | Path) -> Path:
+    """``<labels_dir>/hidden-models/<key>``: keyed by the fit settings (parent, layer, k, fit) and the corpus clips."""
+    from mert.utils.io import sha256_json
+
+    key = sha256_json({"settings": settings, "clips": [c.sha256 for c in corpus]})
+    return Path(labels_dir) / "hidden-models" / key[:12]
+
+
+def fit_hidden_model(params, features, corpus_dir: str | Path, progress: bool = True):
+    """Fit the hidden-state k-means of ``label.hidden`` on the corpus (on ``label.device``); not saved."""
+    from mert.teachers.hidden import fit_hidden_kmeans, kmeans_settings
+    from mert.teachers.label_run import resolve_device
+
+    settings = kmeans_settings(features, params.hidden)
+    corpus = Corpus(corpus_dir, verify=False)
+    log.info("hidden k-means: fitting %d clusters on layer %d of %s over %d clips", params.hidden.n_clusters,
+             features.layer, params.hidden.model, len(corpus))  # fmt: skip
+    dev = resolve_device(params.device)
+    return fit_hidden_kmeans(corpus, features, settings, dev, progress, params.hidden.fit_threads)
+
+
+def build_hidden_teacher(
+    params, corpus_dir: str | Path | None = None, labels_dir: str | Path | None = None, progress: bool = True
+):
+    """HuBERT iteration: k-means of ``label.hidden.model``'s hidden state ``label.hidden.layer``.
+
+    The k-means is ``label.hidden.kmeans_model``, or the one fitted earlier on this corpus with these settings, or
+    fitted now and saved under ``<labels_dir>/hidden-models/`` (seeded: processes on one machine fit the same one;
+    across machines fit once with ``mert teacher fit --teacher hidden`` and pass ``label.hidden.kmeans_model``).
+
+    Raises:
+        TeacherError: no or an unloadable parent, a layer it does not have, a k-means model of another parent or
+            layer, or too few frames for the clusters.
+    """
+    from mert.teachers.hidden import HiddenTeacher, kmeans_settings
+    from mert.teachers.kmeans import MODEL_FILE, KMeansModel
+
+    h = params.hidden
+    features = hidden_features(params)
+    if h.kmeans_model:
+        return HiddenTeacher(features, KMeansModel.load(h.kmeans_model), h.kmeans_model)
+    if corpus_dir is None or labels_dir is None:
+        raise TeacherError("label.hidden.kmeans_model is null: a corpus and a labels dir are needed to fit one")
+    path = hidden_model_dir(kmeans_settings(features, h), Corpus(corpus_dir, verify=False), labels_dir)
+    if (path / MODEL_FILE).exists():
+        log.info("hidden k-means: reusing the model fitted on this corpus: %s", path)
+        return HiddenTeacher(features, KMeansModel.load(path), str(path))
+    model = fit_hidden_model(params, features, corpus_dir, progress)
+    model.save(path)
+    return HiddenTeacher(features, model, str(path))

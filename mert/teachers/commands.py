@@ -12,8 +12,8 @@ from pathlib import Path
 
 from mert.cli import add_params_arg
 
-TEACHERS = ("rvq", "kmeans", "bestrq", "melrvq")  # mert.teachers.config.TEACHER_NAMES (kept cheap to import)
-FITTABLE = ("melrvq", "bestrq", "kmeans", "cqt")
+TEACHERS = ("rvq", "kmeans", "bestrq", "melrvq", "hidden")  # mert.teachers.config.TEACHER_NAMES (cheap to import)
+FITTABLE = ("melrvq", "bestrq", "kmeans", "hidden", "cqt")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +29,11 @@ def _register_label(sub: argparse._SubParsersAction) -> None:
         "--teacher",
         choices=TEACHERS,
         help="override label.teacher: rvq (EnCodec, MERT-v1) | kmeans (MFCC k-means, MERT-v0) | "
-        "bestrq (mel BEST-RQ, MusicFM) | melrvq (Mel-RVQ, MuQ)",
+        "bestrq (mel BEST-RQ, MusicFM) | melrvq (Mel-RVQ, MuQ) | hidden (k-means of a trained model's hidden "
+        "state: HuBERT iteration 2)",
     )
     p.add_argument("--weights", help="override label.rvq.weights: pretrained | random | PATH")
+    _add_hidden_args(p)
     p.add_argument("--device", help="override label.device: cpu | cuda | cuda:N | auto")
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument(
@@ -59,6 +61,24 @@ def _register_label(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_label)
 
 
+def _add_hidden_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--parent",
+        help="override label.hidden.model: the trained encoder whose hidden states the hidden teacher clusters "
+        "(an export dir, a checkpoint step dir, a hub id, models:/name@alias or models:/name/N)",
+    )
+    p.add_argument(
+        "--layer", type=int, help="override label.hidden.layer: the hidden state clustered (0..N, -1 = the last)"
+    )
+
+
+def _apply_hidden_args(params, args: argparse.Namespace) -> None:
+    if args.parent is not None:
+        params.hidden.model = args.parent
+    if args.layer is not None:
+        params.hidden.layer = args.layer
+
+
 def _label(args: argparse.Namespace) -> int:
     from mert.params import load_section
     from mert.teachers.label_run import run_label
@@ -68,6 +88,7 @@ def _label(args: argparse.Namespace) -> int:
     params = load_section("label", args.params, over)
     if args.weights is not None:
         params.rvq.weights = args.weights
+    _apply_hidden_args(params, args)
     # torchrun sets RANK / WORLD_SIZE: each rank then labels its own block of the manifest.
     shard = args.shard_index if args.shard_index is not None else int(os.environ.get("RANK", 0))
     shards = args.num_shards if args.num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
@@ -159,16 +180,18 @@ def _register_teacher(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="teacher_command", required=True, metavar="COMMAND")
     f = tsub.add_parser(
         "fit",
-        help="fit a teacher on a corpus: melrvq (Mel-RVQ), bestrq (mel statistics), kmeans (centroids) or cqt "
-        "(log-CQT statistics)",
+        help="fit a teacher on a corpus: melrvq (Mel-RVQ), bestrq (mel statistics), kmeans (centroids), hidden "
+        "(k-means of a trained model's hidden state) or cqt (log-CQT statistics)",
         description="Fit what a teacher learns from a corpus, with params.yaml `label.<teacher>`, into OUT_DIR; "
-        "then set label.melrvq.model / label.bestrq.stats / label.kmeans.model to OUT_DIR. A killed Mel-RVQ fit "
-        "resumes from OUT_DIR's checkpoint. (`mert label` fits on demand when those are null.) `--teacher cqt` "
-        "measures the statistics of the log-scaled CQT target (objective_overrides cqt_scale: log).",
+        "then set label.melrvq.model / label.bestrq.stats / label.kmeans.model / label.hidden.kmeans_model to "
+        "OUT_DIR. A killed Mel-RVQ fit resumes from OUT_DIR's checkpoint. (`mert label` fits on demand when those "
+        "are null.) `--teacher cqt` measures the statistics of the log-scaled CQT target (objective_overrides "
+        "cqt_scale: log).",
     )
     f.add_argument("corpus", type=Path, help="ingested corpus directory (mert ingest)")
     f.add_argument("out", type=Path, help="output directory of the fitted model")
     f.add_argument("--teacher", choices=FITTABLE, default="melrvq", help="which teacher to fit (default melrvq)")
+    _add_hidden_args(f)
     f.add_argument("--no-progress", action="store_true")
     f.add_argument("--json", action="store_true", help="print the fit report as JSON")
     add_params_arg(f)
@@ -179,7 +202,9 @@ def _fit(args: argparse.Namespace) -> int:
     from mert.params import load_section
 
     params = load_section("label", args.params)
-    fit = {"melrvq": _fit_melrvq, "bestrq": _fit_bestrq, "kmeans": _fit_kmeans, "cqt": _fit_cqt}[args.teacher]
+    _apply_hidden_args(params, args)
+    fit = {"melrvq": _fit_melrvq, "bestrq": _fit_bestrq, "kmeans": _fit_kmeans, "hidden": _fit_hidden,
+           "cqt": _fit_cqt}[args.teacher]  # fmt: skip
     report = fit(args, params)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -245,6 +270,35 @@ def _fit_kmeans(args: argparse.Namespace, params) -> dict:
         print(f"k-means {settings['features']} x {settings['n_clusters']} -> {args.out}")
         print(f"use it with label.kmeans.model: {args.out}")
     return {"teacher": "kmeans", "model": str(args.out), "hash": model.hash, **model.fit_info}
+
+
+def _fit_hidden(args: argparse.Namespace, params) -> dict:
+    from mert.teachers.base import TeacherError
+    from mert.teachers.build import fit_hidden_model, hidden_features
+    from mert.teachers.hidden import check_kmeans, settings_of
+    from mert.teachers.kmeans import MODEL_FILE, KMeansModel
+
+    features = hidden_features(params)
+    if (args.out / MODEL_FILE).exists():
+        model = KMeansModel.load(args.out)
+        try:
+            check_kmeans(model, settings_of(features), str(args.out))
+        except TeacherError as e:
+            raise TeacherError(f"{e}; use another directory") from e
+    else:
+        model = fit_hidden_model(params, features, args.corpus, progress=not args.no_progress)
+        model.save(args.out)
+    info = model.fit_info
+    if not args.json:
+        print(
+            f"hidden k-means: {params.hidden.n_clusters} clusters of layer {features.layer} of {params.hidden.model} "
+            f"(weights {features.parent.weights_sha256[:12]}) on {info.get('frames')} frames of "
+            f"{info.get('clips_read')} clips; inertia {info.get('inertia', float('nan')):.4g} per frame -> "
+            f"{args.out}"
+        )
+        print(f"use it with label.hidden.kmeans_model: {args.out} (and label.hidden.model: {params.hidden.model})")
+    return {"teacher": "hidden", "model": str(args.out), "hash": model.hash, "layer": features.layer,
+            "parent": params.hidden.model, "parent_weights_sha256": features.parent.weights_sha256, **info}  # fmt: skip
 
 
 def _fit_cqt(args: argparse.Namespace, params) -> dict:

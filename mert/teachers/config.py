@@ -128,6 +128,74 @@ class MelRVQParams:
         return MelRVQSettings(**{k: v for k, v in self.__dict__.items() if k not in keep})
 
 
+@dataclass
+class HiddenParams:
+    """HuBERT-style teacher iteration (``label.hidden``): k-means codes of a trained encoder's hidden state.
+
+    HuBERT's second iteration (Hsu et al. 2021) clusters the hidden states of the first iteration's model; the
+    defaults are fairseq's ``examples/hubert/simple_kmeans`` (``learn_kmeans.py``: ``MiniBatchKMeans`` with
+    k-means++, ``batch_size 10000``, ``n_init 20``, ``max_iter 100``, ``max_no_improvement 100``, ``tol 0``,
+    ``reassignment_ratio 0``; README: fitted on ``--percent 0.1`` of the data; HuBERT base iteration 2: 500
+    clusters of layer 6 of 12). :mod:`mert.teachers.hidden` says how the features are computed.
+    """
+
+    model: str | None = None
+    """The parent whose hidden states are clustered: an HF-layout export dir, a training checkpoint
+    (``checkpoints/step-XXXXXXXX``), a hub id (``org/name[@revision]``), ``models:/name@alias`` /
+    ``models:/name/N``, or ``random:<preset or export dir>[@seed]`` (a random-init encoder). Required
+    (``mert label --parent MODEL`` sets it)."""
+    layer: int | None = None
+    """Hidden state clustered: 0 = the encoder input (after the positional conv), N = the last layer; -1 = the last.
+    null = the middle layer, ``num_hidden_layers // 2`` (HuBERT base iteration 2: 6 of 12)."""
+    n_clusters: int = 500
+    """k (HuBERT iterations 2 and 3: 500)."""
+    fit_fraction: float = 0.1
+    """Share of the corpus's clips drawn at random (seeded) for the k-means fit, each encoded whole as for its labels:
+    fairseq's ``--percent 0.1`` (10% of the utterances)."""
+    fit_frames: int = 1_000_000
+    """At most this many frames of that sample are kept (drawn at random): the fit holds (frames, D) float32 in
+    memory (1M frames of a 768-dim model: 3 GB)."""
+    seed: int = 0
+    """Seeds the fit sample and ``MiniBatchKMeans`` (``random_state``)."""
+    kmeans_batch_size: int = 10_000
+    """``MiniBatchKMeans(batch_size=...)`` (fairseq: 10000); its k-means++ initialisation reads 3x as many frames."""
+    n_init: int = 20
+    """k-means++ initialisations tried; the best is kept (fairseq: 20)."""
+    max_iter: int = 100
+    """Passes over the fit sample at most (fairseq: 100)."""
+    max_no_improvement: int = 100
+    """Stop after this many mini-batches without improvement of the smoothed inertia (fairseq: 100)."""
+    fit_threads: int | None = None
+    """BLAS / OpenMP threads of the k-means fit (null: every core). Does not change the labels' key. On an
+    oversubscribed CPU, 1 (OpenBLAS's busy-waiting threads made a k-means++ initialisation 12x slower with 2)."""
+    context_seconds: float = 2.5
+    """Attention context on each side of a window of a clip longer than ``label.chunk_seconds`` (``mert extract``
+    keeps 2.5 s too: 5 s overlaps, frames nearest the window's centre)."""
+    kmeans_model: str | None = None
+    """A fitted k-means directory (``mert teacher fit --teacher hidden``) for this parent and layer; null = fit on
+    the corpus (saved under ``<labels_dir>/hidden-models/``, reused by later runs)."""
+
+    def __post_init__(self):
+        if not 2 <= self.n_clusters <= 65535:
+            raise ValueError("hidden.n_clusters must be in [2, 65535] (uint16 labels)")
+        if not 0.0 < self.fit_fraction <= 1.0:
+            raise ValueError("hidden.fit_fraction must be in (0, 1]")
+        if min(self.fit_frames, self.kmeans_batch_size, self.n_init, self.max_iter, self.max_no_improvement) < 1:
+            raise ValueError("hidden: fit_frames, kmeans_batch_size, n_init, max_iter, max_no_improvement must be >= 1")
+        if self.context_seconds < 0:
+            raise ValueError("hidden.context_seconds must be >= 0")
+        if self.fit_threads is not None and self.fit_threads < 1:
+            raise ValueError("hidden.fit_threads must be >= 1 or null")
+
+    def kmeans_options(self) -> dict:
+        """``MiniBatchKMeans`` keyword arguments (fairseq ``learn_kmeans.py``; ``tol`` and ``reassignment_ratio``
+        fixed at its 0.0).
+        """
+        return {"init": "k-means++", "batch_size": self.kmeans_batch_size, "n_init": self.n_init,
+                "max_iter": self.max_iter, "max_no_improvement": self.max_no_improvement, "tol": 0.0,
+                "reassignment_ratio": 0.0}  # fmt: skip
+
+
 def _check_codebooks(name: str, k: int, c: int, d: int) -> None:
     if k < 1 or d < 1 or not 2 <= c <= 65536:
         raise ValueError(f"{name}: n_codebooks and codebook_dim must be >= 1, codebook_size in [2, 65536] (uint16)")
@@ -138,8 +206,9 @@ def _check_mel(name: str, n_mels: int, n_fft: int, stack: int) -> None:
         raise ValueError(f"{name}: stack must divide 320, n_mels >= 1 and n_fft >= the mel hop 320 / stack")
 
 
-TEACHER_NAMES = ("rvq", "kmeans", "bestrq", "melrvq")
-"""``label.teacher``: EnCodec RVQ (MERT-v1), MFCC k-means (MERT-v0 / HuBERT), mel BEST-RQ (MusicFM), Mel-RVQ (MuQ)."""
+TEACHER_NAMES = ("rvq", "kmeans", "bestrq", "melrvq", "hidden")
+"""``label.teacher``: EnCodec RVQ (MERT-v1), MFCC k-means (MERT-v0 / HuBERT), mel BEST-RQ (MusicFM), Mel-RVQ (MuQ),
+k-means of a trained encoder's hidden state (HuBERT iteration 2+)."""
 
 
 @section("label")
@@ -147,7 +216,7 @@ TEACHER_NAMES = ("rvq", "kmeans", "bestrq", "melrvq")
 class LabelParams:
     """Parameters of ``mert label`` (``params.yaml`` section ``label``)."""
 
-    teacher: Literal["rvq", "kmeans", "bestrq", "melrvq"] = "rvq"
+    teacher: Literal["rvq", "kmeans", "bestrq", "melrvq", "hidden"] = "rvq"
     """See :data:`TEACHER_NAMES`."""
     batch_size: int = 8
     """Windows encoded per forward pass."""
@@ -159,6 +228,7 @@ class LabelParams:
     kmeans: KMeansParams = field(default_factory=KMeansParams)
     bestrq: BestRQParams = field(default_factory=BestRQParams)
     melrvq: MelRVQParams = field(default_factory=MelRVQParams)
+    hidden: HiddenParams = field(default_factory=HiddenParams)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.chunk_seconds < 1.0:

@@ -239,6 +239,9 @@ def _enter(out: Path, params: PretrainParams, profile, corpus, labels_arg, label
         dvc = _corpus_dvc_md5(corpus.root)
         if dvc:
             lineage["corpus_dvc_md5"] = dvc
+        teacher = labels.identity().get("lineage")  # a hidden-state teacher: its parent model, layer, k-means
+        if teacher:
+            lineage["teacher_lineage"] = teacher
         return Entry(fresh=True, record=idn.new_record(current, profile.max_steps, lineage), clips=clips)
     if idn.replan(record, reached, profile.max_steps):
         log.info("%s: max_steps now %d from step %d (the LR decay is re-planned to end there)", out,

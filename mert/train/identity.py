@@ -324,9 +324,35 @@ def lineage_tags(record: dict[str, Any]) -> dict[str, str]:
     if parent:
         tags["parent_model"] = parent["source"]
         tags["parent_model_sha256"] = parent["weights_sha256"]
+    tags.update(teacher_lineage_tags(lin.get("teacher_lineage")))
     if record.get("code_changes"):
         tags["code_changes"] = "; ".join(
             f"from step {c['from_step']}: code {_short(c['code_sha256'])} (git {c['git_commit']})"
             for c in record["code_changes"]
         )
     return {k: str(v) for k, v in tags.items()}
+
+
+def teacher_lineage_tags(teacher: dict[str, Any] | None) -> dict[str, str]:
+    """Tags of a hidden-state teacher's lineage (``mert.teachers.hidden``: HuBERT iteration 2+), else none.
+
+    ``teacher_parent_model`` (the spec the labels were made from, e.g. ``models:/mert-small-lowcqt/1`` or an export
+    dir), ``teacher_parent_model_sha256`` (its weights), ``teacher_parent_version`` (``name/version`` of a registry
+    parent), ``teacher_layer``, ``teacher_n_clusters``, ``teacher_kmeans_hash`` and ``teacher_iteration`` (the
+    HuBERT iteration of the model trained on these labels: the parent's + 1; absent when the parent's is unknown).
+    """
+    if not teacher:
+        return {}
+    parent = teacher.get("parent", {})
+    tags = {
+        "teacher_parent_model": parent.get("source"),
+        "teacher_parent_model_sha256": parent.get("weights_sha256"),
+        "teacher_layer": teacher.get("layer"),
+        "teacher_n_clusters": teacher.get("n_clusters"),
+        "teacher_kmeans_hash": teacher.get("kmeans_hash"),
+        "teacher_iteration": teacher.get("iteration"),
+    }
+    reg = parent.get("registry") or {}
+    if reg.get("name"):
+        tags["teacher_parent_version"] = f"{reg['name']}/{reg.get('version')}"
+    return {k: str(v) for k, v in tags.items() if v is not None}

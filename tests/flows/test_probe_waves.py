@@ -11,15 +11,8 @@ import pytest
 pytest.importorskip("prefect")
 
 from prefect import flow  # noqa: E402
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from flows import pipeline  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness():  # a temporary local server, stopped inside the test session
-        yield
 
 
 def test_pair_expensive_puts_the_twin_beside_the_model():

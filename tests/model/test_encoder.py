@@ -87,6 +87,22 @@ def test_output_shapes_and_hidden_state_semantics(stable):
         assert model(torch.randn(2, 12000)).hidden_states is None
 
 
+@pytest.mark.parametrize("stable", [False, True], ids=["post-LN", "pre-LN"])
+def test_output_layer_stops_early_with_the_full_pass_states(stable):
+    """fairseq's ``extract_features(output_layer=L)``: the first L + 1 states of the full pass, nothing above."""
+    model = tiny(do_stable_layer_norm=stable, num_hidden_layers=3).eval()
+    wav = torch.randn(2, 12000)
+    with torch.no_grad():
+        full = model(wav, output_hidden_states=True).hidden_states
+        for layer in range(4):
+            out = model(wav, output_hidden_states=True, output_layer=layer)
+            assert len(out.hidden_states) == layer + 1 and out.last_hidden_state is out.hidden_states[-1]
+            assert all(torch.equal(a, b) for a, b in zip(out.hidden_states, full))
+    for bad in (-1, 4, True):
+        with pytest.raises(ValueError, match="not a hidden-state index in 0..3"):
+            model(wav, output_layer=bad)
+
+
 def test_batch_items_are_independent():
     model = tiny().eval()
     wav = torch.randn(3, 16000)
