@@ -62,6 +62,11 @@ class MERTConfig:
     """Pre-LN layout (330M) if true, post-LN (95M) if false."""
     feature_grad_mult: float = 0.1
     """Gradient scale into the conv feature extractor (0 freezes it, 1 leaves it unscaled)."""
+    conv_frozen_layers: int = 0
+    """The first N conv layers keep their initial weights in training (``requires_grad`` off: their backward is never
+    computed). 0 is the reference (every layer trains, at ``feature_grad_mult``). A documented deviation for short CPU
+    runs: the random high-rate layers stay a random filterbank, whose features are strong timbre features (Pons &
+    Serra, ICASSP 2019), and they are the costliest part of the backward pass."""
     attention_relax: float = -1.0
     """PB-relax constant of the released 330M config. Accepted and ignored: ``(a/c - max(a/c)) * c`` is
     ``a - max(a)`` and softmax is shift-invariant, so it is a mathematical no-op (we keep softmax in fp32)."""
@@ -88,6 +93,8 @@ class MERTConfig:
         for name in ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout", "layerdrop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.conv_frozen_layers <= len(self.conv_dim):
+            raise ConfigError(f"conv_frozen_layers must be in [0, {len(self.conv_dim)}], got {self.conv_frozen_layers}")
 
     # ------------------------------------------------------------------ derived quantities
     @property

@@ -390,6 +390,8 @@ class MERT(nn.Module):
         self.feature_projection = FeatureProjection(config)
         self.encoder = Encoder(config)
         self.reset_parameters()
+        for layer in self.feature_extractor.conv_layers[: config.conv_frozen_layers]:
+            layer.requires_grad_(False)  # kept at their initial weights: no gradient, no backward through them
 
     def forward(
         self,

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 REGIME_FIELDS = frozenset(
     "hidden_dropout attention_dropout activation_dropout feat_proj_dropout layerdrop feature_grad_mult "
-    "attention_relax do_normalize hf_extra".split()
+    "conv_frozen_layers attention_relax do_normalize hf_extra".split()
 )
 """``MERTConfig`` fields taken from the profile, not the parent (they change training, not the weights' meaning)."""
 

@@ -217,3 +217,20 @@ def test_progress_lines_give_the_step_rate_and_time_left(corpus_dir, tmp_path, m
     lines = [r.getMessage() for r in caplog.records if "left" in r.getMessage()]
     assert [ln.split(":")[0] for ln in lines] == ["step 2/4 (50%)", "step 3/4 (75%)", "step 4/4 (100%)"]
     assert all("s/step" in ln and "audio-s/s" in ln for ln in lines) and lines[-1].endswith("about 0 s left")
+
+
+def test_frozen_conv_layers_keep_their_initial_weights(corpus_dir, tmp_path):
+    """conv_frozen_layers: the first N conv layers get no gradient and no update; everything else trains."""
+    t = make(corpus_dir, tmp_path, max_steps=2, model_overrides={"conv_frozen_layers": 2, "feature_grad_mult": 1.0})
+    before = weights(t)
+    t.fit()
+    t.close()
+    after = weights(t)
+    frozen = [k for k in before if k.startswith(("mert.feature_extractor.conv_layers.0.", "mert.feature_extractor."
+                                                 "conv_layers.1."))]  # fmt: skip
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["mert.feature_extractor.conv_layers.2.conv.weight"],
+                           after["mert.feature_extractor.conv_layers.2.conv.weight"])  # fmt: skip
+    assert all(not p.requires_grad for p in t.raw_model.mert.feature_extractor.conv_layers[1].parameters())
+    with pytest.raises(Exception, match="conv_frozen_layers must be in"):
+        make(corpus_dir, tmp_path / "bad", model_overrides={"conv_frozen_layers": 9})
