@@ -17,10 +17,14 @@ each, so load on a shared machine hits both alike) and prints both, with CPU sec
 process: robust to other load) next to the wall time::
 
     python benchmarks/train_step.py --profile mert-small-lowcqt --ref 647fdcf [--steps 20] [--rounds 3]
+        [--variant conv_frozen_layers=2]
+
+``--variant KEY=VALUE[,...]`` adds a row: this checkout with those ``model_overrides`` on the profile (JSON values).
 
 FLOPs per step are counted analytically (fwd + bwd = 3 x fwd, 2 FLOPs per multiply-add):
 
-    conv   = 6 * B * sum_l C_in,l * C_out,l * k_l * T_l          (conv feature extractor, T_l frames of layer l)
+    conv   = 6 * B * sum_l C_in,l * C_out,l * k_l * T_l          (conv feature extractor, T_l frames of layer l;
+                                                               2 instead of 6 for a frozen layer: no backward)
     dense  = 6 * P_tok * B * T                                 (P_tok: encoder params minus the conv extractor)
     attn   = 12 * n_layers * B * T^2 * D                       (QK^T and AV)
     heads  = 6 * (P_heads + K * C * F) * N                     (N masked frames, every frame with pred_nomask_weight;
@@ -50,13 +54,15 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A
 
 
 def conv_flops(model: MERTPretrainingModel, batch: int, samples: int) -> float:
+    """Conv front end, fwd + bwd; a frozen layer (``conv_frozen_layers``) has no backward: 2 FLOPs per MAC."""
     cfg = model.mert.config
     total, n, c_in = 0.0, samples, 1
-    for c_out, k, s in zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride):
+    frozen = getattr(cfg, "conv_frozen_layers", 0)
+    for i, (c_out, k, s) in enumerate(zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride)):
         n = (n - k) // s + 1
-        total += c_in * c_out * k * n
+        total += (2.0 if i < frozen else 6.0) * c_in * c_out * k * n
         c_in = c_out
-    return 6.0 * batch * total
+    return batch * total
 
 
 def step_flops(model: MERTPretrainingModel, batch: int, samples: int, mask_frac: float) -> dict[str, float]:
@@ -169,6 +175,8 @@ def profile_child(args) -> dict:
     from mert.train.trainer import Trainer
 
     prof = dataclasses.replace(PROFILES[args.profile], max_steps=10**6, val_interval=0, save_interval=10**6)
+    if args.override:
+        prof = dataclasses.replace(prof, model_overrides={**prof.model_overrides, **json.loads(args.override)})
     with tempfile.TemporaryDirectory() as tmp:
         corpus = write_corpus(Path(tmp) / "corpus", 24, 20.0, per_shard=8)
         labels = write_labels(Path(tmp) / "labels", corpus)
@@ -194,6 +202,20 @@ def profile_child(args) -> dict:
             "gflop_per_audio_s": flops / audio / 1e9, "threads": torch.get_num_threads()}  # fmt: skip
 
 
+def parse_overrides(spec: str) -> dict:
+    """``"conv_frozen_layers=2,hidden_size=64"`` -> ``{"conv_frozen_layers": 2, "hidden_size": 64}`` (JSON values)."""
+    out = {}
+    for item in spec.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--variant {spec!r}: expected KEY=VALUE[,KEY=VALUE...]")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def worktree(rev: str, root: Path) -> Path:
     """A detached checkout of ``rev`` beside nothing else (removed by :func:`drop_worktree`)."""
     path = Path(tempfile.mkdtemp(prefix="train-step-ref-"))
@@ -208,19 +230,21 @@ def drop_worktree(path: Path, root: Path) -> None:
 
 def profile_main(args) -> None:
     root = Path(__file__).resolve().parents[1]
-    libs = {"this checkout": root}
+    libs: dict[str, tuple[Path, dict]] = {"this checkout": (root, {})}
+    for spec in args.variant or []:
+        libs[f"this checkout, {spec}"] = (root, parse_overrides(spec))
     ref = None
     if args.ref:
         ref = worktree(args.ref, root)
-        libs[f"ref {args.ref}"] = ref
+        libs[f"ref {args.ref}"] = (ref, {})
     try:
         peak_1, peak_n = sgemm_gflops(1), sgemm_gflops(os.cpu_count() or 1)
         runs: dict[str, list[dict]] = {k: [] for k in libs}
         for _ in range(args.rounds):  # alternate: load on a shared machine falls on both alike
-            for name, lib in libs.items():
+            for name, (lib, overrides) in libs.items():
                 env = {**os.environ, "PYTHONPATH": f"{lib}{os.pathsep}{Path(__file__).parent}"}
                 cmd = [sys.executable, __file__, "--profile", args.profile, "--child", "--steps", str(args.steps),
-                       "--warmup", str(args.warmup)]  # fmt: skip
+                       "--warmup", str(args.warmup), "--override", json.dumps(overrides)]  # fmt: skip
                 r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=lib)
                 if r.returncode:
                     raise SystemExit(f"{name}: the measurement failed:\n{r.stderr[-3000:]}")
@@ -242,10 +266,11 @@ def profile_main(args) -> None:
         base = base or med
         print(f"| {name} | {med['s_per_step']:.3f} | {med['cpu_s_per_step']:.3f} | {med['audio_s_per_s']:.1f} | "
               f"{med['gflop_per_audio_s']:.2f} | {bound:.0f} | {med['audio_s_per_s'] / bound:.0%} |")  # fmt: skip
-    if args.ref:
-        new, old = (statistics.median(r["s_per_step"] for r in runs[k]) for k in libs)
-        newc, oldc = (statistics.median(r["cpu_s_per_step"] for r in runs[k]) for k in libs)
-        print(f"this checkout / ref: wall {new / old:.2f}x, CPU {newc / oldc:.2f}x per step")
+    first = "this checkout"
+    for name in list(libs)[1:]:
+        new, other = (statistics.median(r["s_per_step"] for r in runs[k]) for k in (first, name))
+        newc, otherc = (statistics.median(r["cpu_s_per_step"] for r in runs[k]) for k in (first, name))
+        print(f"{first} / {name}: wall {new / other:.2f}x, CPU {newc / otherc:.2f}x per step")
     print("FLOP bound: the machine's best float32 matmul rate / the step's analytic FLOPs per audio-second.")
 
 
@@ -266,6 +291,13 @@ def main() -> None:
     ap.add_argument("--profile", help="time Trainer.train_step of this params.yaml profile (CPU) instead of presets")
     ap.add_argument("--ref", help="with --profile: also time the library of this git revision, alternating")
     ap.add_argument("--rounds", type=int, default=3, help="with --profile: runs per library")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        metavar="KEY=VALUE[,...]",
+        help="with --profile: also time this checkout with these model_overrides (repeatable)",
+    )
+    ap.add_argument("--override", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.profile:

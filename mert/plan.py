@@ -92,9 +92,9 @@ def step_gflops(profile, n_codebooks: int = 8, codebook_size: int = 1024) -> flo
     obj = PretrainingConfig.for_labels(profile.model, "rvq", n_codebooks, codebook_size, **profile.objective_overrides)
     clips = profile.batch_seconds * 24_000 / profile.crop_samples  # clips per optimiser step, all ranks
     n, c_in, conv = profile.crop_samples, 1, 0.0
-    for c_out, k, s in zip(enc.conv_dim, enc.conv_kernel, enc.conv_stride):
+    for i, (c_out, k, s) in enumerate(zip(enc.conv_dim, enc.conv_kernel, enc.conv_stride)):
         n = (n - k) // s + 1
-        conv += c_in * c_out * k * n
+        conv += (1 / 3 if i < enc.conv_frozen_layers else 1.0) * c_in * c_out * k * n  # frozen: no backward
         c_in = c_out
     frames = enc.num_frames(profile.crop_samples)
     d, f = enc.hidden_size, enc.intermediate_size

@@ -40,9 +40,10 @@ def test_resolve_applies_overrides():
     assert p.max_steps == 7 and p.lr == 1.5e-3
 
 
-def test_main_job_profile_is_mert_small_with_the_documented_cqt_deviations():
+def test_main_job_profile_is_mert_small_with_the_documented_deviations():
     small, low = PROFILES["mert-small"], PROFILES["mert-small-lowcqt"]
-    assert low.model_overrides == small.model_overrides and low.lr == small.lr and low.seed == small.seed
+    assert low.model_overrides == {**small.model_overrides, "conv_frozen_layers": 2}
+    assert low.lr == small.lr and low.seed == small.seed
     assert low.max_steps == 1800 and small.max_steps == 1200
     extra = {k: v for k, v in low.objective_overrides.items() if small.objective_overrides.get(k) != v}
     assert extra == {
