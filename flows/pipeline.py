@@ -14,7 +14,9 @@ Run it directly (``python -m flows.pipeline``, an ephemeral local Prefect) or as
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,7 @@ def mert_pipeline(
             layer, clusters, fit) into ``data/labels-iter<n>`` and trains ``data/pretrain/<profile>-iter<n>`` on them.
     """
     log = get_run_logger()
+    show_library_progress()
     if teacher_iterations < 1:
         raise ValueError(f"teacher_iterations must be >= 1, got {teacher_iterations}")
     if workdir:
@@ -236,6 +239,26 @@ def mert_pipeline(
     if results["probe"]:
         results["probe_summary"] = _probe_table(results["probe"])
     return results
+
+
+def show_library_progress() -> None:
+    """Print the library's INFO lines (the trainer's progress line, label and probe summaries) on stderr.
+
+    Prefect's logging configuration leaves other loggers at the root's WARNING level, so the trainer's "step i/N ...
+    about X left" line would be dropped in a flow run. Warnings and errors still go through the root's handlers
+    (not printed twice); idempotent.
+    """
+    lib = logging.getLogger("mert")
+    if lib.level == logging.NOTSET or lib.level > logging.INFO:
+        lib.setLevel(logging.INFO)
+    if any(getattr(h, "_mert_progress", False) for h in lib.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s",
+                                           datefmt="%H:%M:%S"))  # fmt: skip
+    handler.addFilter(lambda record: record.levelno < logging.WARNING)
+    handler._mert_progress = True  # type: ignore[attr-defined]
+    lib.addHandler(handler)
 
 
 def _announce_plan(P: dict, profiles: list[str], tasks: list[str], baselines: list[str] | None,

@@ -6,8 +6,9 @@ compute (:func:`mert.utils.runtime.cpu_compute`) and by the parallelism each sta
     seconds = work x (reference seconds per unit of work) x (reference GFLOP/s / this machine's GFLOP/s) / speed-up
 
 with the work counted from the parameters (clips to render, audio seconds to label, FLOPs of the pretraining steps,
-probes to fit). The reference costs were measured on a 2-vCPU machine whose two cores together multiply no faster
-than one (float32 matmul 77 GFLOP/s on 1 thread); see ``docs/benchmarks.md`` for the run they come from. The
+probes to fit). The reference costs are the stage times of one fresh-clone main job (commit 4cd2cba, 2026-12-07) on
+a 2-vCPU machine (float32 matmul 91 GFLOP/s on 1 thread, 169 on 2): render 64 s, ingest 1.4 s, label 107 s,
+pretrain 360 s, 16 probes 135 s; see ``docs/benchmarks.md``. The
 estimate is a plan, not a promise: another CPU's ratio of matmul speed to everything else, or other work on the
 machine, moves it. Stages whose results are cached take seconds, and are not predicted as such.
 """
@@ -18,24 +19,26 @@ from dataclasses import dataclass, field
 
 from mert.utils.runtime import CPUCompute
 
-REFERENCE_GFLOPS = 77.0
+REFERENCE_GFLOPS = 91.0
 """float32 matmul GFLOP/s of one thread of the reference machine (the one the costs below were measured on)."""
-RENDER_S_PER_CLIP = 0.07
+RENDER_S_PER_CLIP = 0.078
 """Rendering + writing one demo clip (pretraining excerpt or task clip), one process, reference machine."""
-INGEST_S_PER_AUDIO_MIN = 0.5
+INGEST_S_PER_AUDIO_MIN = 0.08
 """Decoding, resampling and sharding one minute of audio, one process."""
-LABEL_S_PER_AUDIO_S = {"rvq": 0.12, "kmeans": 0.004, "bestrq": 0.02, "melrvq": 0.02}
-"""Teacher labelling, seconds per second of audio (the random-projection EnCodec is a full conv encoder)."""
-HIDDEN_S_PER_AUDIO_S = 0.018
+LABEL_S_PER_AUDIO_S = {"rvq": 0.21, "kmeans": 0.0034, "bestrq": 0.017, "melrvq": 0.017}
+"""Teacher labelling, seconds per second of audio (the random-projection EnCodec is a full conv encoder; it was timed
+in the reference run, the others in earlier runs on a 77 GFLOP/s machine and converted to this reference)."""
+HIDDEN_S_PER_AUDIO_S = 0.015
 """The hidden teacher (HuBERT iteration 2) with a ``mert-small`` parent: its hidden states for the k-means sample (every
-clip at ``fit_fraction: 1``) and for the labels, seconds per second of audio (7 s + 11 s for the demo's 17 min)."""
-KMEANS_S = 94.0
-"""Its k-means fit at the demo's size: 500 clusters, 20 k-means++ initialisations, 76,675 x 64 frames, 1 thread;
-scaled by ``n_init x n_clusters x hidden size``."""
-PRETRAIN_S_PER_GFLOP = 0.045
+clip at ``fit_fraction: 1``) and for the labels, seconds per second of audio (7 s + 11 s for the demo's 17 min on a
+77 GFLOP/s machine, converted)."""
+KMEANS_S = 80.0
+"""Its k-means fit at the demo's size: 500 clusters, 20 k-means++ initialisations, 76,675 x 64 frames, 1 thread
+(94 s on a 77 GFLOP/s machine, converted); scaled by ``n_init x n_clusters x hidden size``."""
+PRETRAIN_S_PER_GFLOP = 0.040
 """Wall seconds per analytic GFLOP of a CPU pretraining step (about 30% of the machine's matmul peak: the conv
 front end and the elementwise work run well below it)."""
-PROBE_S = {"key": 14.0, "instrument": 9.0, "pitch": 6.0, "tempo": 24.0}
+PROBE_S = {"key": 17.9, "instrument": 11.5, "pitch": 7.6, "tempo": 30.6}
 """One probe (feature extraction of the task's 400 clips with a mert-small-sized model + the layer x LR sweep), one
 process; a handcrafted baseline costs about as much (its sweep has fewer layers but its features are computed on the
 CPU too)."""

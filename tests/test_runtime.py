@@ -65,3 +65,41 @@ def test_cpu_compute_measures_this_machine_or_reads_the_override(monkeypatch):
     monkeypatch.setenv("MERT_CPU_COMPUTE", json.dumps(fixed))
     assert cpu_compute() == CPUCompute(**fixed)
     cpu_compute.cache_clear()
+
+
+def test_intra_op_threads_is_shared_by_concurrent_blocks_and_restored_by_the_last():
+    """The old per-block set/restore let the first probe to finish restore the count under a running one."""
+    import threading
+
+    import torch
+
+    from mert.utils.runtime import intra_op_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+        seen = {}
+
+        def a():
+            with intra_op_threads(1):
+                a_in.set()
+                b_in.wait(10)
+            a_out.set()
+
+        def b():
+            a_in.wait(10)
+            with intra_op_threads(1):
+                b_in.set()
+                a_out.wait(10)  # a has left: b still computes with 1 thread
+                seen["b after a left"] = torch.get_num_threads()
+
+        ts = [threading.Thread(target=f) for f in (a, b)]
+        [t.start() for t in ts]
+        [t.join(20) for t in ts]
+        assert seen == {"b after a left": 1}
+        assert torch.get_num_threads() == 2  # the last one out restored the count from before
+        with intra_op_threads(0):  # 0: the count is left alone
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

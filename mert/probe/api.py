@@ -56,6 +56,28 @@ def _reference(task: Task, splits: dict, params: ProbeParams) -> dict[str, Any]:
                           tolerance=params.beat_tolerance)  # fmt: skip
 
 
+def _compute(task: Task, model, params: ProbeParams):
+    """Features and the probe sweep of ``task``: ``(result, features, time the sweep started)``."""
+    from mert.probe.features import extract
+
+    if task.kind == "separation":
+        from mert.probe.separation import separation_sweep
+
+        result, feats = separation_sweep(task, model, params)
+        return result, feats, time.perf_counter()
+    from mert.probe.sweep import build_splits, sweep
+
+    mode = "frame" if task.kind == "beats" else "clip"
+    window = task.window or params.window_seconds
+    feats = extract(model, task.examples, mode, window, params.min_window_seconds, params.extract_batch_size,
+                    params.cache_dir or None, params.cache_dtype, params.device)  # fmt: skip
+    t1 = time.perf_counter()
+    splits, norm = build_splits(task, feats)
+    result = sweep(task, splits, norm, params.sweep_config())
+    result.extra["reference"] = _reference(task, splits, params)
+    return result, feats, t1
+
+
 def _evidence(task: Task, result, params: ProbeParams) -> dict[str, Any]:
     """CI, n and majority rate of a sweep result, and its per-clip test record keyed by stable clip ids."""
     from mert.probe.evidence import LEVEL, bootstrap_ci, clip_ids, method
@@ -91,10 +113,9 @@ def probe(
     Returns:
         The report dict written to ``results.json``.
     """
-    from mert.probe.features import extract
     from mert.probe.models import load_model
     from mert.probe.report import write_outputs
-    from mert.utils.runtime import tune_allocator
+    from mert.utils.runtime import intra_op_threads, tune_allocator
 
     tune_allocator()  # extraction and probe training reuse large buffers: keep them off mmap (mert/utils/runtime.py)
     params = params or ProbeParams()
@@ -102,21 +123,8 @@ def probe(
     log.info("task %s (%s): %s clips per split", task.name, task.kind, task.counts())
     model = load_model(model_spec, params.do_normalize)
     t0 = time.perf_counter()
-    if task.kind == "separation":
-        from mert.probe.separation import separation_sweep
-
-        result, feats = separation_sweep(task, model, params)
-    else:
-        from mert.probe.sweep import build_splits, sweep
-
-        mode = "frame" if task.kind == "beats" else "clip"
-        window = task.window or params.window_seconds
-        feats = extract(model, task.examples, mode, window, params.min_window_seconds, params.extract_batch_size,
-                        params.cache_dir or None, params.cache_dtype, params.device)  # fmt: skip
-        t1 = time.perf_counter()
-        splits, norm = build_splits(task, feats)
-        result = sweep(task, splits, norm, params.sweep_config())
-        result.extra["reference"] = _reference(task, splits, params)
+    with intra_op_threads(params.threads):  # features and probes: the same numbers alone or beside other probes
+        result, feats, t1 = _compute(task, model, params)
     t2 = time.perf_counter()
     evidence = _evidence(task, result, params)
     evidence_s = time.perf_counter() - t2

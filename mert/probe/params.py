@@ -61,7 +61,10 @@ class ProbeParams:
     is an unbiased estimate of the all-frames loss. 1.0 = every frame (the MARBLE protocol); the training cost
     scales with the frames kept (0.1 keeps ~17% of the frames of 60-180 BPM music)."""
     threads: int = 1
-    """Torch intra-op threads while training probes (0 = torch default); probes are tiny, threads mostly spin."""
+    """Torch intra-op threads of a probe: its feature extraction and its training (0 = leave torch's count alone).
+
+    Fixed so that a probe gives the same numbers alone (``mert probe``) or beside others in one process (the pipeline
+    runs ``probe_workers`` probes at once, one thread each, instead); probes are tiny, more threads mostly spin."""
     bootstrap: int = 1000
     """Bootstrap resamples of the test clips for the 95% CI of the test score (0: no interval); seeded by ``seed``."""
     extract_batch_size: int = 8

@@ -24,6 +24,7 @@ from mert.probe.models import HOP, SAMPLE_RATE, FeatureModel
 from mert.probe.probes import LSTMMaskProbe
 from mert.probe.sweep import SweepResult, _num_threads, clip_record
 from mert.probe.tasks import SPLITS, Example, Task
+from mert.utils.rng import seeded
 
 N_FFT = 1024
 
@@ -124,10 +125,11 @@ def equal_split(data: SepData, sources: list[str]) -> dict:
 
 def fit(data: dict[str, SepData], layer: int | None, lr: float, params, sources: list[str]):
     """Train one BiLSTM mask probe with early stopping on validation SDR."""
-    torch.manual_seed(params.seed)
     train = data["train"]
     n_layers, dim = train.x.shape[2:]
-    model = LSTMMaskProbe(n_layers, dim, N_FFT // 2 + 1, len(sources), layer, params.lstm_hidden, params.lstm_layers)
+    with seeded(params.seed):  # probes train in threads: no other probe draws (or builds a twin) in between
+        model = LSTMMaskProbe(n_layers, dim, N_FFT // 2 + 1, len(sources), layer, params.lstm_hidden,
+                              params.lstm_layers)  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     target = torch.stack([stft(train.sources[:, i]) for i in range(len(sources))], 1).abs()  # (N, S, F, T')
     target = target[..., : train.mix.shape[-1]]

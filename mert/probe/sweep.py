@@ -8,7 +8,6 @@ Features are standardised per (layer, dim) with training-split statistics. Fixed
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -26,6 +25,8 @@ from mert.probe.features import Features
 from mert.probe.params import SweepConfig
 from mert.probe.probes import MLPProbe, SplitData, clip_mean
 from mert.probe.tasks import CLASS_KINDS, SPLITS, Task
+from mert.utils.rng import seeded
+from mert.utils.runtime import intra_op_threads
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +192,10 @@ def fit(task: Task, splits: dict[str, SplitData], norm: dict, layer: int | None,
     if layer is not None:
         splits = {s: dataclasses.replace(d, x=d.x[:, layer : layer + 1]) for s, d in splits.items()}
     train, valid = splits["train"], splits["valid"]
-    torch.manual_seed(cfg.seed)
     n_layers, dim = train.x.shape[1:]
-    model = MLPProbe(n_layers, dim, n_outputs(task), None if layer is None else 0, cfg.hidden, cfg.dropout, cfg.seed)
+    with seeded(cfg.seed):  # the flow probes in threads: no other probe draws (or builds a twin) in between
+        model = MLPProbe(n_layers, dim, n_outputs(task), None if layer is None else 0, cfg.hidden, cfg.dropout,
+                         cfg.seed)  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = _loss_fn(task, train)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -223,15 +225,7 @@ def fit(task: Task, splits: dict[str, SplitData], norm: dict, layer: int | None,
     return model, best_metrics, splits
 
 
-@contextlib.contextmanager
-def _num_threads(n: int):
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+_num_threads = intra_op_threads  # the name the separation sweep imports
 
 
 def sweep(task: Task, splits: dict[str, SplitData], norm: dict, cfg: SweepConfig) -> SweepResult:

@@ -15,16 +15,23 @@ Two things a training or probing process on a CPU needs to know, neither of whic
   thread, with all of them, and with one single-threaded process per core at once. Virtual machines often have
   cores that share one FPU (SMT siblings, or a noisy host): two "cores" that multiply no faster than one. Process
   parallelism for probes and labelling is sized from this measurement, not from ``os.cpu_count()``.
+
+And one that does: :func:`intra_op_threads`. Float sums split over a different number of threads round differently,
+and a probe's verdict can move with them (the demo's instrument probe of one network: 0.843 from features extracted
+on 1 thread, 0.800 from the same network's features extracted on 2); it fixes the count for a block, safely when
+several probes run in threads of one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
 import logging
 import multiprocessing as mp
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -44,6 +51,40 @@ MAX_PROBE_PROCS = 16
 """At most this many processes measure the process-parallel throughput (each one imports torch)."""
 
 _TUNED: bool | None = None
+_THREADS_LOCK = threading.Lock()
+_THREADS = {"users": 0, "before": 0, "n": 0}
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads (``n <= 0``: leave the count alone).
+
+    ``torch.set_num_threads`` is process-wide, so probes running in threads of one process (the pipeline's probe
+    waves) must not each set and restore it: one would restore the count while another is still computing, and
+    that one's features (float sums split over another number of threads) would change with the timing. Here the
+    first block to enter sets the count, later ones share it, and the last to leave restores the count from
+    before. A block asking for another count while one is active gets the active one (logged).
+    """
+    if n <= 0:
+        yield
+        return
+    import torch
+
+    with _THREADS_LOCK:
+        if _THREADS["users"] == 0:
+            _THREADS.update(before=torch.get_num_threads(), n=n)
+            torch.set_num_threads(n)
+        elif _THREADS["n"] != n:
+            log.warning("intra_op_threads(%d): %d thread(s) already set by a concurrent block; keeping %d", n,
+                        _THREADS["n"], _THREADS["n"])  # fmt: skip
+        _THREADS["users"] += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS["users"] -= 1
+            if _THREADS["users"] == 0:
+                torch.set_num_threads(_THREADS["before"])
 
 
 def tune_allocator() -> bool:

@@ -83,3 +83,30 @@ def test_cli_reports_task_errors_before_extraction(folder_task, tmp_path, capsys
 def test_probe_package_imports_without_mlflow():
     code = "import sys, mert.probe, mert.probe.api, mert.probe.commands; assert 'mlflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_probes_in_threads_give_the_numbers_of_probes_one_at_a_time(folder_task, csv_task, tmp_path):
+    """The pipeline runs probes side by side in threads: features and probes must not depend on it."""
+    import threading
+
+    import torch
+
+    jobs = [("random:mert-tiny", folder_task), ("random:mert-tiny@1", csv_task("multiclass"))]
+    params = ProbeParams(**FAST, cache_dir="")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what the flow's process has; the probes use probe.threads (1)
+    try:
+        alone = [probe(m, t, tmp_path / f"alone-{i}.json", params) for i, (m, t) in enumerate(jobs)]
+        together: dict[int, dict] = {}
+
+        def run(i):
+            together[i] = probe(jobs[i][0], jobs[i][1], tmp_path / f"together-{i}.json", params)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+        [t.start() for t in threads]
+        [t.join(300) for t in threads]
+    finally:
+        torch.set_num_threads(before)
+    for i, a in enumerate(alone):
+        assert together[i]["per_layer"] == a["per_layer"] and together[i]["per_layer_test"] == a["per_layer_test"]
+        assert together[i]["test_clips"]["scores"] == a["test_clips"]["scores"]
