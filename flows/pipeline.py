@@ -242,21 +242,21 @@ def mert_pipeline(
 
 
 def show_library_progress() -> None:
-    """Print the library's INFO lines (the trainer's progress line, label and probe summaries) on stderr.
+    """Let the library's INFO lines (the trainer's progress line, label and probe summaries) through, once.
 
-    Prefect's logging configuration leaves other loggers at the root's WARNING level, so the trainer's "step i/N ...
-    about X left" line would be dropped in a flow run. Warnings and errors still go through the root's handlers
-    (not printed twice); idempotent.
+    Prefect's logging configuration leaves loggers other than its own at the root's WARNING level, so the trainer's
+    "step i/N ... about X left" line would be dropped in a flow run. Setting the ``mert`` logger to INFO is enough:
+    its records propagate to the root's handlers (Prefect's console), which do not filter by level. Only where the
+    root has no handler at all is one added (stderr). Idempotent.
     """
     lib = logging.getLogger("mert")
-    if lib.level == logging.NOTSET or lib.level > logging.INFO:
+    if lib.getEffectiveLevel() > logging.INFO:
         lib.setLevel(logging.INFO)
-    if any(getattr(h, "_mert_progress", False) for h in lib.handlers):
+    if logging.getLogger().handlers or any(getattr(h, "_mert_progress", False) for h in lib.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s",
                                            datefmt="%H:%M:%S"))  # fmt: skip
-    handler.addFilter(lambda record: record.levelno < logging.WARNING)
     handler._mert_progress = True  # type: ignore[attr-defined]
     lib.addHandler(handler)
 

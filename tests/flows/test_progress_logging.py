@@ -4,23 +4,53 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from flows.pipeline import show_library_progress
 
 
-def test_library_info_lines_are_printed_once_and_warnings_left_to_the_root(capfd):
-    lib = logging.getLogger("mert")
-    saved_level, saved_handlers = lib.level, list(lib.handlers)
-    try:
-        show_library_progress()
-        show_library_progress()  # idempotent: one handler
-        ours = [h for h in lib.handlers if getattr(h, "_mert_progress", False)]
-        assert len(ours) == 1
-        logging.getLogger("mert.train.trainer").info("step 100/1800 (5%%): loss %.3f", 1.5)
-        logging.getLogger("mert.train.diagnostics").warning("a collapse warning")
-        err = capfd.readouterr().err
-        assert err.count("step 100/1800 (5%): loss 1.500") == 1
-        assert "| INFO    | mert.train.trainer - step 100/1800" in err
-        assert not ours[0].filter(logging.makeLogRecord({"levelno": logging.WARNING, "msg": "w"}))
-    finally:
-        lib.setLevel(saved_level)
-        lib.handlers[:] = saved_handlers
+@pytest.fixture
+def library_logger():
+    lib, root = logging.getLogger("mert"), logging.getLogger()
+    saved = lib.level, list(lib.handlers), list(root.handlers), root.level
+    yield lib
+    lib.setLevel(saved[0])
+    lib.handlers[:] = saved[1]
+    root.handlers[:] = saved[2]
+    root.setLevel(saved[3])
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(level=0)  # as Prefect's console handler: no level of its own
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_info_lines_reach_the_roots_handler_once(library_logger):
+    root = logging.getLogger()
+    console = Collect()
+    root.handlers[:] = [console]
+    root.setLevel(logging.WARNING)  # Prefect's default: the root at WARNING
+    library_logger.setLevel(logging.NOTSET)
+    log = logging.getLogger("mert.train.trainer")
+    log.info("step 1/9: before")
+    assert console.lines == []  # dropped: what a flow run printed before
+    show_library_progress()
+    show_library_progress()  # idempotent
+    log.info("step 100/1800 (5%%): loss %.3f", 1.5)
+    log.warning("a warning")
+    assert console.lines == ["step 100/1800 (5%): loss 1.500", "a warning"]  # each once
+    assert not [h for h in library_logger.handlers if getattr(h, "_mert_progress", False)]
+
+
+def test_without_any_root_handler_one_is_added(library_logger, capfd):
+    logging.getLogger().handlers[:] = []
+    library_logger.setLevel(logging.NOTSET)
+    show_library_progress()
+    show_library_progress()
+    assert len([h for h in library_logger.handlers if getattr(h, "_mert_progress", False)]) == 1
+    logging.getLogger("mert.train.trainer").info("step 2/9")
+    assert capfd.readouterr().err.count("| INFO    | mert.train.trainer - step 2/9") == 1
