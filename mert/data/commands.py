@@ -10,7 +10,11 @@ from mert.cli import add_params_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo-corpus", help="write the built-in synthetic demo corpus")
+    p = sub.add_parser(
+        "demo-corpus",
+        help="write the built-in demo corpus (real scores rendered with a GM SoundFont; "
+        "demo.source: synthetic for generated tones)",
+    )
     p.add_argument("out", type=Path, help="output directory")
     p.add_argument("--seed", type=int)
     p.add_argument("--n-clips", type=int, dest="n_clips")

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="probe a frozen model layer by layer on a task (MARBLE protocol)")
     p.add_argument("--model", required=True, help="HF dir, hub id (m-a-p/MERT-v1-95M[@revision], from the local "
                    "cache or downloaded; HF_HUB_OFFLINE=1 honoured), step-* checkpoint, models:/name@alias, "
-                   "random:<preset>, mfcc, chroma or cqt")  # fmt: skip
+                   "random:<preset or HF dir>[@seed], mfcc, chroma, cqt, "
+                   "or conv:<any of these> (the conv front end)")  # fmt: skip
     p.add_argument(
         "--task", required=True, help="task directory, or <adapter>[:<dataset root>] (mert/probe/DATASETS.md)"
     )
