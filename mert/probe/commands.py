@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", type=Path, help="DVC metrics file (default: <out stem>.metrics.json)")
     p.add_argument("--lrs", type=float, nargs="+", help="override the LR grid")
     p.add_argument("--max-epochs", type=int, dest="max_epochs")
+    p.add_argument("--seed", type=int, help="probe seed (init, batch order, bootstrap; probe.seed)")
+    p.add_argument("--seeds", type=int, help="probes averaged per (layer, LR), seeds SEED.. (probe.seeds; 1 = MARBLE)")
     p.add_argument("--cache-dir", dest="cache_dir", help="feature cache root ('' disables)")
     p.add_argument("--mlflow", action="store_true", help="log an MLflow run via mert.tracking (if available)")
     add_params_arg(p)
@@ -53,7 +55,8 @@ def _probe(args: argparse.Namespace) -> int:
     from mert.params import load_section
     from mert.probe.api import probe
 
-    overrides = {k: getattr(args, k) for k in ("lrs", "max_epochs", "cache_dir") if getattr(args, k) is not None}
+    names = ("lrs", "max_epochs", "seed", "seeds", "cache_dir")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     params = load_section("probe", args.params, overrides)
     report = probe(args.model, args.task, args.out, params, args.task_type, args.metrics)
     if args.mlflow:

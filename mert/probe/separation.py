@@ -153,7 +153,13 @@ def fit(data: dict[str, SepData], layer: int | None, lr: float, params, sources:
 
 
 def separation_sweep(task: Task, model: FeatureModel, params) -> tuple[SweepResult, Features]:
-    """Every layer (and the weighted sum) x LR for the separation probe; best by validation SDR, test reported."""
+    """Every layer (and the weighted sum) x LR for the separation probe; best by validation SDR, test reported.
+
+    Raises:
+        ValueError: ``params.seeds`` > 1 (seed averaging is for the MLP probes).
+    """
+    if getattr(params, "seeds", 1) != 1:
+        raise ValueError(f"{task.name}: probe.seeds = {params.seeds}: the separation probe trains one seed (set 1)")
     feats = extract(model, task.examples, "frame", 0.0, 0.0, params.extract_batch_size, params.cache_dir or None,
                     params.cache_dtype, params.device)  # fmt: skip
     data = {s: _split(task, feats, s) for s in SPLITS}

@@ -225,11 +225,60 @@ def fit(task: Task, splits: dict[str, SplitData], norm: dict, layer: int | None,
     return model, best_metrics, splits
 
 
+class ProbeEnsemble(nn.Module):
+    """Probes of one (layer, LR) trained from different seeds, predicting their average.
+
+    ``forward`` returns what :func:`evaluate` expects of a probe, so that its softmax / sigmoid is the members' mean
+    probability: ``log(mean softmax)`` for class tasks, ``logit(mean sigmoid)`` for tags and beat activations, the
+    mean for regression. ``(R, n_layers, D) -> (R, n_out)``.
+    """
+
+    def __init__(self, members: list[nn.Module], kind: str):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.kind = kind
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.stack([m(x) for m in self.members])  # (S, R, n_out)
+        if self.kind in CLASS_KINDS:
+            return torch.log(torch.softmax(out, -1).mean(0))
+        if self.kind in ("multilabel", "beats"):
+            return torch.logit(torch.sigmoid(out).mean(0), eps=1e-7)
+        return out.mean(0)
+
+    def layer_weights(self) -> list[float] | None:
+        """The members' mean softmax layer weights (None for a single-layer probe)."""
+        weights = [m.select.layer_weights() for m in self.members]
+        return None if weights[0] is None else np.mean(weights, 0).tolist()
+
+
+def fit_seeds(task: Task, splits: dict[str, SplitData], norm: dict, layer: int | None, lr: float, cfg: SweepConfig):
+    """:func:`fit` from ``cfg.seeds`` seeds (``cfg.seed`` upwards); more than one: their :class:`ProbeEnsemble`.
+
+    Returns:
+        ``(model, valid_metrics, splits)`` as :func:`fit`; the ensemble's validation metrics (a beat threshold is
+        chosen for the ensemble's activations).
+    """
+    if cfg.seeds == 1:
+        return fit(task, splits, norm, layer, lr, cfg)
+    fits = [fit(task, splits, norm, layer, lr, dataclasses.replace(cfg, seed=cfg.seed + i)) for i in range(cfg.seeds)]
+    views = fits[0][2]
+    model = ProbeEnsemble([f[0] for f in fits], task.kind)
+    return model, evaluate(model, task, views["valid"], norm, cfg), views
+
+
+def _layer_weights(model: nn.Module) -> list[float] | None:
+    return model.layer_weights() if isinstance(model, ProbeEnsemble) else model.select.layer_weights()
+
+
 _num_threads = intra_op_threads  # the name the separation sweep imports
 
 
 def sweep(task: Task, splits: dict[str, SplitData], norm: dict, cfg: SweepConfig) -> SweepResult:
-    """Every layer (and the weighted sum) x every LR; best by validation, reported on test."""
+    """Every layer (and the weighted sum) x every LR; best by validation, reported on test.
+
+    With ``cfg.seeds`` > 1 each (layer, LR) is an average of probes from that many seeds (:func:`fit_seeds`).
+    """
     with _num_threads(cfg.threads):
         return _sweep(task, splits, norm, cfg)
 
@@ -241,12 +290,12 @@ def _sweep(task: Task, splits: dict[str, SplitData], norm: dict, cfg: SweepConfi
     per_layer, per_lr, per_test, best, weights = {}, {}, {}, None, None
     for layer in layers:
         name = "weighted" if layer is None else str(layer)
-        fits = [(fit(task, splits, norm, layer, lr, cfg), lr) for lr in cfg.lrs]
+        fits = [(fit_seeds(task, splits, norm, layer, lr, cfg), lr) for lr in cfg.lrs]
         (model, valid_m, views), lr = max(fits, key=lambda f: _score(f[0][1], kind))
         test_m, record = evaluate(model, task, views["test"], norm, cfg, valid_m.get("threshold"), clips=True)
         per_layer[name], per_lr[name] = valid_m[metrics.PRIMARY[kind]], lr
         per_test[name] = test_m[metrics.PRIMARY[kind]]
-        weights = model.select.layer_weights() if layer is None else weights
+        weights = _layer_weights(model) if layer is None else weights
         log.info("%s layer %s: valid %.4f (lr %g), test %.4f", task.name, name, per_layer[name], lr, per_test[name])
         if best is None or _score(valid_m, kind) > _score(best[1], kind):
             best = (name, valid_m, test_m, record)

@@ -108,8 +108,10 @@ def test_negative_subsampling_is_unbiased():
     assert full.tolist() == list(range(200, 400)) and float(w1.sum()) == pytest.approx(1.0)
 
 
-def test_beat_probe_learns_with_subsampled_negatives():
-    """Frame features carry the beat in one dimension: the probe must find the beats (F1 near 1) at fraction 0.2."""
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_beat_probe_learns_with_subsampled_negatives(seeds):
+    """Frame features carry the beat in one dimension: the probe must find the beats (F1 near 1) at fraction 0.2
+    (one probe, or the mean activation of two)."""
     rng = np.random.default_rng(0)
     examples, rows = [], {}
     for i in range(30):
@@ -122,7 +124,7 @@ def test_beat_probe_learns_with_subsampled_negatives():
         examples.append(e)
         rows[e.key] = x
     task = Task("beats", "beats", examples)
-    cfg = SweepConfig(lrs=(5e-3,), max_epochs=15, patience=5, hidden=32, beat_negative_fraction=0.2)
+    cfg = SweepConfig(lrs=(5e-3,), max_epochs=15, patience=5, hidden=32, beat_negative_fraction=0.2, seeds=seeds)
     res = sweep(task, *build_splits(task, Features(rows, {}, 2)), cfg)
     assert res.test_metrics["beat_f1"] > 0.9 and res.per_layer["1"] > res.per_layer["0"] + 0.3
     assert len(res.test_clips["keys"]) == 6 and len(res.test_clips["scores"]) == 6
@@ -183,3 +185,51 @@ def test_a_probe_in_another_thread_does_not_draw_inside_a_seeded_construction():
     beside = construction(during=t)
     t.join(60)
     assert torch.equal(alone, beside)
+
+
+def test_seeds_average_the_probes_of_each_seed():
+    """probe.seeds = 3: each (layer, LR) is the mean prediction of the probes of seeds 0, 1, 2 (trained as alone)."""
+    import dataclasses
+
+    from mert.probe.sweep import ProbeEnsemble, evaluate, fit, fit_seeds
+
+    task, feats = synthetic("multiclass", seed=2)
+    splits, norm = build_splits(task, feats)
+    cfg = dataclasses.replace(CFG, seeds=3)
+    ens, valid_m, views = fit_seeds(task, splits, norm, None, 1e-2, cfg)
+    assert isinstance(ens, ProbeEnsemble) and len(ens.members) == 3
+    alone = [fit(task, splits, norm, None, 1e-2, dataclasses.replace(CFG, seed=s))[0] for s in range(3)]
+    x = views["test"].x
+    with torch.no_grad():
+        for member, single in zip(ens.members, alone):
+            assert torch.equal(member(x), single(x))  # each member is exactly the probe of its seed
+        mean = torch.stack([torch.softmax(m.eval()(x), -1) for m in alone]).mean(0)
+        assert torch.allclose(torch.softmax(ens.eval()(x), -1), mean, atol=1e-6)
+    assert valid_m == evaluate(ens, task, views["valid"], norm, cfg)
+    weights = ens.layer_weights()
+    assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-6
+    assert weights != alone[0].select.layer_weights()  # the members' mean, not the first member's
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression"])
+def test_seed_averaged_sweep_runs_every_kind_and_one_seed_is_the_single_probe(kind):
+    import dataclasses
+
+    task, feats = synthetic(kind, seed=3)
+    single = sweep(task, *build_splits(task, feats), CFG)
+    one = sweep(task, *build_splits(task, feats), dataclasses.replace(CFG, seeds=1))
+    assert one.test_metrics == single.test_metrics and one.test_clips == single.test_clips
+    avg = sweep(task, *build_splits(task, feats), dataclasses.replace(CFG, seeds=2))
+    assert set(avg.per_layer) == set(single.per_layer) and avg.test_metrics[avg.metric] > 0.5
+    assert avg.per_layer_test != single.per_layer_test  # another probe, not the single one again
+
+
+def test_seeds_must_be_positive_and_separation_refuses_more_than_one():
+    from mert.probe.params import ProbeParams
+    from mert.probe.separation import separation_sweep
+
+    with pytest.raises(ValueError, match="seeds must be >= 1"):
+        ProbeParams(seeds=0)
+    task = Task("musdb", "separation", [], ["vocals"])
+    with pytest.raises(ValueError, match="separation probe trains one seed"):
+        separation_sweep(task, None, ProbeParams(seeds=2))
