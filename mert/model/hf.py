@@ -32,6 +32,7 @@ import torch
 from mert.model.config import ConfigError, MERTConfig
 from mert.model.encoder import MERT
 from mert.utils.io import atomic_write, atomic_write_json
+from mert.utils.rng import exclusive
 
 CONFIG_NAME = "config.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
@@ -387,7 +388,8 @@ def from_pretrained(
     with torch.device("meta"):
         model = MERT(cfg)
     model.to_empty(device="cpu")
-    model.reset_parameters()  # only masked_spec_embed survives if the checkpoint lacks it
+    with exclusive():  # unseeded draws, overwritten below: not inside another thread's seeded construction
+        model.reset_parameters()  # only masked_spec_embed survives if the checkpoint lacks it
     allow = () if _has_mask_embedding(hf) else ("masked_spec_embed",)
     load_state_dict_strict(model, read_state_dict(path), allow_missing=allow)
     return model.to(device=device, dtype=dtype).eval()

@@ -197,7 +197,10 @@ def load_training_checkpoint(path: Path, do_normalize: bool | None = None) -> ME
     cfg = MERTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in enc.items() if k in fields})
     if do_normalize is not None:
         cfg = dataclasses.replace(cfg, do_normalize=do_normalize)
-    model = MERT(cfg)
+    from mert.utils.rng import exclusive
+
+    with exclusive():  # its init draws are overwritten, but must not land inside another probe's seeded twin
+        model = MERT(cfg)
     weights = {k[len("mert.") :]: v for k, v in state["model"].items() if k.startswith("mert.")}
     model.load_state_dict(weights, strict=True)
     ident = {"kind": "mert", "checkpoint": sha256_file(ckpt), "source": str(path.resolve())}

@@ -25,3 +25,17 @@ def seeded(seed: int) -> Iterator[None]:
     with _LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """Hold the lock of :func:`seeded` without seeding: for a construction whose random init is overwritten.
+
+    Loading a trained encoder initialises its parameters (drawing from the global RNG) before the checkpoint replaces
+    them. Those draws are unseeded and harmless to the loaded model, but made while another thread is inside a
+    :func:`seeded` block they shift that block's draws: the demo's random-init twin for tempo came out another network
+    when the trained model's tempo probe loaded its weights beside it (the twin's beat F1 0.431 in one fresh clone,
+    0.427 in the next). Inside this block they wait for the seeded construction instead.
+    """
+    with _LOCK:
+        yield

@@ -97,3 +97,36 @@ def test_conv_spec_gives_the_front_end_features_as_one_layer():
     assert conv.identity_hash != inner.identity_hash
     with pytest.raises(ModelSpecError, match="conv: takes a MERT model spec"):
         load_model("conv:mfcc")
+
+
+@pytest.mark.parametrize("kind", ["hf", "checkpoint"])
+def test_loading_a_trained_model_beside_a_twin_leaves_the_twin_unchanged(tmp_path, kind):
+    """The flow probes in threads: a trained model's loading initialises parameters (global RNG draws) before its
+    weights replace them; inside another thread's seeded twin construction those draws made the twin another network
+    (seen: the demo's tempo twin, beat F1 0.431 in one fresh clone and 0.427 in the next). They must wait."""
+    import threading
+    import time
+
+    from mert.utils.rng import seeded
+
+    mert = MERT(MERTConfig.from_name("mert-tiny")).eval()
+    mert.save_pretrained(tmp_path / "hf")
+    step = tmp_path / "checkpoints" / "step-00000010"
+    step.mkdir(parents=True)
+    cfg = {"encoder": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(mert.config).items()}}
+    torch.save({"model": {f"mert.{k}": v for k, v in mert.state_dict().items()}, "config": cfg}, step / "checkpoint.pt")
+    spec = str(tmp_path / "hf") if kind == "hf" else str(step)
+
+    def construction(during=None) -> torch.Tensor:
+        with seeded(123):  # what random_model does around MERT(cfg)
+            first = torch.randn(4)
+            if during is not None:
+                during.start()
+                time.sleep(1.0)  # the other thread loads its model now, unless it waits for the lock
+            return torch.cat([first, torch.randn(4)])
+
+    alone = construction()
+    t = threading.Thread(target=load_model, args=(spec,))
+    beside = construction(during=t)
+    t.join(60)
+    assert torch.equal(alone, beside)
