@@ -120,6 +120,10 @@ class MLPProbe(nn.Module):
         """``(R, n_layers, D) -> (R, n_out)`` logits/values."""
         return self.net(self.select(x))
 
+    def layer_weights(self) -> list[float] | None:
+        """Softmax weights of the weighted-sum probe (None for a single-layer probe)."""
+        return self.select.layer_weights()
+
 
 class LSTMMaskProbe(nn.Module):
     """Bidirectional-LSTM mask estimator for source separation (3 layers of 512 units in the reference).

@@ -22,9 +22,10 @@ from mert.audio import AudioError
 from mert.probe.features import Features, extract
 from mert.probe.models import HOP, SAMPLE_RATE, FeatureModel
 from mert.probe.probes import LSTMMaskProbe
-from mert.probe.sweep import SweepResult, _num_threads, clip_record
+from mert.probe.sweep import SweepResult, clip_record
 from mert.probe.tasks import SPLITS, Example, Task
 from mert.utils.rng import seeded
+from mert.utils.runtime import intra_op_threads
 
 N_FFT = 1024
 
@@ -158,7 +159,7 @@ def separation_sweep(task: Task, model: FeatureModel, params) -> tuple[SweepResu
     Raises:
         ValueError: ``params.seeds`` > 1 (seed averaging is for the MLP probes).
     """
-    if getattr(params, "seeds", 1) != 1:
+    if params.seeds != 1:
         raise ValueError(f"{task.name}: probe.seeds = {params.seeds}: the separation probe trains one seed (set 1)")
     feats = extract(model, task.examples, "frame", 0.0, 0.0, params.extract_batch_size, params.cache_dir or None,
                     params.cache_dtype, params.device)  # fmt: skip
@@ -170,7 +171,7 @@ def separation_sweep(task: Task, model: FeatureModel, params) -> tuple[SweepResu
     n_layers = data["train"].x.shape[2]
     layers = list(range(n_layers)) + ([None] if params.weighted_sum and n_layers > 1 else [])
     per_layer, per_lr, per_test, best, weights = {}, {}, {}, None, None
-    with _num_threads(params.threads):
+    with intra_op_threads(params.threads):
         for layer in layers:
             name = "weighted" if layer is None else str(layer)
             (probe, valid_m), lr = max(

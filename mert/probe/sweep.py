@@ -248,7 +248,7 @@ class ProbeEnsemble(nn.Module):
 
     def layer_weights(self) -> list[float] | None:
         """The members' mean softmax layer weights (None for a single-layer probe)."""
-        weights = [m.select.layer_weights() for m in self.members]
+        weights = [m.layer_weights() for m in self.members]
         return None if weights[0] is None else np.mean(weights, 0).tolist()
 
 
@@ -267,19 +267,12 @@ def fit_seeds(task: Task, splits: dict[str, SplitData], norm: dict, layer: int |
     return model, evaluate(model, task, views["valid"], norm, cfg), views
 
 
-def _layer_weights(model: nn.Module) -> list[float] | None:
-    return model.layer_weights() if isinstance(model, ProbeEnsemble) else model.select.layer_weights()
-
-
-_num_threads = intra_op_threads  # the name the separation sweep imports
-
-
 def sweep(task: Task, splits: dict[str, SplitData], norm: dict, cfg: SweepConfig) -> SweepResult:
     """Every layer (and the weighted sum) x every LR; best by validation, reported on test.
 
     With ``cfg.seeds`` > 1 each (layer, LR) is an average of probes from that many seeds (:func:`fit_seeds`).
     """
-    with _num_threads(cfg.threads):
+    with intra_op_threads(cfg.threads):
         return _sweep(task, splits, norm, cfg)
 
 
@@ -295,7 +288,7 @@ def _sweep(task: Task, splits: dict[str, SplitData], norm: dict, cfg: SweepConfi
         test_m, record = evaluate(model, task, views["test"], norm, cfg, valid_m.get("threshold"), clips=True)
         per_layer[name], per_lr[name] = valid_m[metrics.PRIMARY[kind]], lr
         per_test[name] = test_m[metrics.PRIMARY[kind]]
-        weights = _layer_weights(model) if layer is None else weights
+        weights = model.layer_weights() if layer is None else weights
         log.info("%s layer %s: valid %.4f (lr %g), test %.4f", task.name, name, per_layer[name], lr, per_test[name])
         if best is None or _score(valid_m, kind) > _score(best[1], kind):
             best = (name, valid_m, test_m, record)
